@@ -1,0 +1,7 @@
+"""``python -m losskit``: see :mod:`losskit.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

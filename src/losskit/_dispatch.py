@@ -1,0 +1,103 @@
+"""Choose between the plain-torch reference and a fused kernel for a validated call.
+
+``impl='auto'`` takes the fused path wherever it supports the call (class-index targets, float32,
+bfloat16 or float16 logits, on CUDA with Triton installed or on the CPU) and otherwise returns
+``None`` so the caller runs the reference. ``impl='fused'`` raises instead of falling back, naming
+what the fused path does not support.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from ._validate import LossValueError
+
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _backend(device: torch.device) -> tuple[ModuleType | None, str]:
+    """The kernel module for ``device``, or None and the reason there is none."""
+    if device.type == "cuda":
+        try:
+            return importlib.import_module("losskit.kernels.triton.cross_entropy"), ""
+        except ImportError as exc:  # triton missing or too old
+            return None, f"the Triton kernels could not be loaded ({exc}); pip install triton"
+    if device.type == "cpu":
+        return importlib.import_module("losskit.kernels.cpu.cross_entropy"), ""
+    return None, f"there is no fused kernel for device type {device.type!r}"
+
+
+def unsupported_reason(input: Tensor, probabilities: bool) -> str:
+    """Why the fused path cannot take this call ('' when it can)."""
+    if probabilities:
+        return "the fused path takes class-index targets only (probability targets use the reference)"
+    if input.dtype not in FUSED_DTYPES:
+        return f"the fused path takes float32, bfloat16 or float16 logits, got {input.dtype}"
+    return ""
+
+
+def fused_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    *,
+    probabilities: bool,
+    required: bool,
+    inplace_backward: bool,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    mask: Tensor | None,
+    normalizer: float | Tensor | None,
+    z_loss: float,
+    softcap: float | None,
+    return_z_loss: bool,
+) -> Tensor | tuple[Tensor, Tensor] | None:
+    """Run the fused kernel, or return None (``required=False``) when it does not apply."""
+    reason = unsupported_reason(input, probabilities)
+    backend = None
+    if not reason:
+        backend, reason = _backend(input.device)
+    if reason:
+        if required:
+            raise LossValueError(f"impl='fused' cannot run this call: {reason}")
+        return None
+
+    out_shape = target.shape
+    if input.dim() == 1:
+        logits = input.unsqueeze(0)
+    elif input.dim() == 2:
+        logits = input
+    else:  # (N, C, d1..dK): classes last, one row per position (a copy)
+        logits = input.movedim(1, -1).reshape(-1, input.shape[1])
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    rows = target.reshape(-1).long()
+    if mask is not None:
+        mask = mask.expand(out_shape).reshape(-1)
+    if normalizer is not None:
+        normalizer = torch.as_tensor(normalizer, dtype=torch.float32, device=input.device)
+        normalizer = normalizer.reshape(())
+    result = backend.cross_entropy(
+        logits,
+        rows,
+        weight=None if weight is None else weight.to(torch.float32),
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        reduction=reduction,
+        normalizer=normalizer,
+        mask=mask,
+        inplace_backward=inplace_backward,
+        return_z_loss=return_z_loss,
+    )
+    if reduction != "none":
+        return result
+    if return_z_loss:
+        return result[0].reshape(out_shape), result[1].reshape(out_shape)
+    return result.reshape(out_shape)

@@ -1,0 +1,211 @@
+"""Input checks for every public entry point, and the error family they raise.
+
+All checks run once, at the public entry, before any computation. Shape, dtype and option checks
+are free; value checks (class-index range, probabilities in [0, 1]) cost one cheap min/max pass
+and are skipped with ``validate=False``.
+
+Messages name the argument, what was expected and what came, e.g.
+``target has class index 7 at position (3,), but input has 3 classes (dim 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LossError",
+    "LossIndexError",
+    "LossTypeError",
+    "LossValueError",
+]
+
+
+class LossError(Exception):
+    """Base of every error losskit raises for bad input."""
+
+
+class LossValueError(LossError, ValueError):
+    """A shape, value or option is wrong."""
+
+
+class LossTypeError(LossError, TypeError):
+    """A dtype or argument type is wrong."""
+
+
+class LossIndexError(LossError, IndexError):
+    """A class index is out of range."""
+
+
+_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def shape_str(shape: Sequence[int] | torch.Size) -> str:
+    """``(2, 3)`` for a shape, ``()`` for a scalar."""
+    dims = tuple(shape)
+    if len(dims) == 1:
+        return f"({dims[0]},)"
+    return "(" + ", ".join(str(d) for d in dims) + ")"
+
+
+def _position(flat_index: int, shape: torch.Size) -> str:
+    """The multi-index of ``flat_index`` in ``shape``, as text."""
+    if len(shape) == 0:
+        return "()"
+    coords = []
+    for size in reversed(shape):
+        coords.append(flat_index % size)
+        flat_index //= size
+    return shape_str(list(reversed(coords)))
+
+
+def require_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise LossTypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def require_floating(name: str, tensor: Tensor, *, what: str = "") -> None:
+    require_tensor(name, tensor)
+    if tensor.dtype not in _FLOATING:
+        hint = f" ({what})" if what else ""
+        raise LossTypeError(
+            f"{name} must be a floating-point tensor{hint} (float16, bfloat16, float32 or "
+            f"float64), got dtype {tensor.dtype}"
+        )
+
+
+def require_same_dtype(name: str, tensor: Tensor, ref_name: str, ref: Tensor) -> None:
+    if tensor.dtype != ref.dtype:
+        raise LossTypeError(
+            f"{name} has dtype {tensor.dtype} but {ref_name} has dtype {ref.dtype}; "
+            f"they must match (use {name}.to({ref_name}.dtype))"
+        )
+
+
+def require_same_device(name: str, tensor: Tensor, ref_name: str, ref: Tensor) -> None:
+    if tensor.device != ref.device:
+        raise LossValueError(
+            f"{name} is on device {tensor.device} but {ref_name} is on {ref.device}; "
+            "they must be on the same device"
+        )
+
+
+def require_same_shape(
+    input: Tensor, target: Tensor, *, input_name: str = "input", target_name: str = "target"
+) -> None:
+    """Regression and binary losses: no silent broadcasting (torch only warns)."""
+    if input.shape != target.shape:
+        raise LossValueError(
+            f"{target_name} has shape {shape_str(target.shape)} but {input_name} has shape "
+            f"{shape_str(input.shape)}; they must be equal (torch would broadcast them "
+            "silently, which is almost always a bug: check for a stray dimension of size 1)"
+        )
+
+
+def require_broadcastable_to(name: str, tensor: Tensor, shape: torch.Size, what: str) -> None:
+    try:
+        out = torch.broadcast_shapes(tensor.shape, shape)
+    except RuntimeError:
+        out = None
+    if out != shape:
+        raise LossValueError(
+            f"{name} has shape {shape_str(tensor.shape)}, which does not broadcast to {what} "
+            f"of shape {shape_str(shape)}"
+        )
+
+
+def check_float_option(name: str, value: object, *, low: float, high: float = math.inf,
+                       low_open: bool = False) -> float:
+    """A Python number inside [low, high] (or (low, high] with ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LossTypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
+    below = value <= low if low_open else value < low
+    if math.isnan(value) or below or value > high:
+        left = "(" if low_open else "["
+        right = "]" if math.isfinite(high) else ")"
+        raise LossValueError(f"{name} must be in {left}{low:g}, {high:g}{right}, got {value:g}")
+    return value
+
+
+def check_unit_interval(name: str, tensor: Tensor, *, what: str) -> None:
+    """Values in [0, 1] (one min/max pass). NaN fails too."""
+    if tensor.numel() == 0:
+        return
+    bad = ~((tensor >= 0) & (tensor <= 1))
+    if bool(bad.any()):
+        flat = int(bad.reshape(-1).nonzero()[0, 0])
+        value = tensor.reshape(-1)[flat].item()
+        raise LossValueError(
+            f"{name} must hold {what} in [0, 1], got {value:g} at position "
+            f"{_position(flat, tensor.shape)}"
+        )
+
+
+def check_mask(mask: Tensor | None, shape: torch.Size, *, what: str = "the target") -> None:
+    """``mask`` is a bool tensor broadcastable to ``shape`` (the target's positions)."""
+    if mask is None:
+        return
+    require_tensor("mask", mask)
+    if mask.dtype != torch.bool:
+        raise LossTypeError(
+            f"mask must be a bool tensor (True where the position counts), got dtype {mask.dtype}"
+        )
+    require_broadcastable_to("mask", mask, shape, f"{what}'s positions")
+
+
+def check_normalizer(normalizer: float | Tensor | None, reduction: str) -> None:
+    if normalizer is None:
+        return
+    if reduction != "mean":
+        raise LossValueError(
+            f"normalizer divides the summed loss and only applies with reduction='mean', "
+            f"got reduction={reduction!r}"
+        )
+    if isinstance(normalizer, Tensor):
+        if normalizer.numel() != 1:
+            raise LossValueError(
+                f"normalizer must be a number or a one-element tensor, got shape "
+                f"{shape_str(normalizer.shape)}"
+            )
+        if normalizer.dtype == torch.bool or normalizer.is_complex():
+            raise LossTypeError(f"normalizer must be real, got dtype {normalizer.dtype}")
+        return
+    if isinstance(normalizer, bool) or not isinstance(normalizer, (int, float)):
+        raise LossTypeError(
+            f"normalizer must be a number or a tensor, got {type(normalizer).__name__}"
+        )
+    if math.isnan(normalizer) or normalizer < 0:
+        raise LossValueError(f"normalizer must be >= 0, got {normalizer}")
+
+
+def check_class_weight(weight: Tensor | None, num_classes: int, input: Tensor) -> None:
+    if weight is None:
+        return
+    require_tensor("weight", weight)
+    require_floating("weight", weight, what="one weight per class")
+    if weight.dim() != 1 or weight.shape[0] != num_classes:
+        raise LossValueError(
+            f"weight must have shape ({num_classes},), one weight per class, got shape "
+            f"{shape_str(weight.shape)}"
+        )
+    require_same_device("weight", weight, "input", input)
+
+
+def check_class_indices(target: Tensor, num_classes: int, ignore_index: int, class_dim: int) -> None:
+    """Every index is in [0, num_classes) or equals ignore_index (one min/max pass)."""
+    if target.numel() == 0:
+        return
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+    if bool(bad.any()):
+        flat = int(bad.reshape(-1).nonzero()[0, 0])
+        value = int(target.reshape(-1)[flat])
+        raise LossIndexError(
+            f"target has class index {value} at position {_position(flat, target.shape)}, but "
+            f"input has {num_classes} classes (dim {class_dim}); valid indices are 0.."
+            f"{num_classes - 1}, or ignore_index={ignore_index}"
+        )

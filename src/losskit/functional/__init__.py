@@ -1,0 +1,27 @@
+"""Every losskit loss as a function: ``import losskit.functional as LF``.
+
+Where torch has the loss, the signature and defaults are torch's (positional order included), so
+``import losskit.functional as F`` is a drop-in for the losses; losskit's additions are
+keyword-only.
+"""
+
+from . import binary, categorical, regression
+from .binary import binary_cross_entropy, binary_cross_entropy_with_logits
+from .categorical import count_targets, cross_entropy, kl_div, nll_loss
+from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
+
+__all__ = [
+    "binary",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "categorical",
+    "count_targets",
+    "cross_entropy",
+    "huber_loss",
+    "kl_div",
+    "l1_loss",
+    "mse_loss",
+    "nll_loss",
+    "regression",
+    "smooth_l1_loss",
+]

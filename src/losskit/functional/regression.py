@@ -1,0 +1,233 @@
+"""Regression losses: mean squared error, L1, smooth L1, Huber.
+
+Each keeps torch's signature and defaults; losskit's additions (``mask``, ``normalizer``) are
+keyword-only. Inputs and targets must have equal shapes: torch broadcasts mismatched shapes with
+only a warning, which silently computes the wrong loss, so losskit raises instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _validate as V
+from .._reduction import reduce as reduce_loss
+from .._reduction import resolve
+from ._common import compute_dtype, result_dtype
+
+__all__ = ["huber_loss", "l1_loss", "mse_loss", "smooth_l1_loss"]
+
+
+def _check(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    normalizer: float | Tensor | None,
+    reduction: str,
+) -> None:
+    V.require_floating("input", input)
+    V.require_floating("target", target)
+    V.require_same_device("target", target, "input", input)
+    V.require_same_shape(input, target)
+    if weight is not None:
+        V.require_floating("weight", weight, what="one weight per element")
+        V.require_same_device("weight", weight, "input", input)
+        if weight.shape != input.shape:
+            raise V.LossValueError(
+                f"weight has shape {V.shape_str(weight.shape)} but input has shape "
+                f"{V.shape_str(input.shape)}; an elementwise weight must match the input"
+            )
+    V.check_mask(mask, target.shape)
+    V.check_normalizer(normalizer, reduction)
+
+
+def _finish(
+    elementwise: Tensor,
+    out_dtype,
+    reduction: str,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    normalizer: float | Tensor | None,
+    *,
+    weighted_mean_by_weight_sum: bool,
+) -> Tensor:
+    mean_denominator = None
+    if weight is not None:
+        w = weight.to(elementwise.dtype)
+        elementwise = elementwise * w
+        if reduction == "mean" and normalizer is None and weighted_mean_by_weight_sum:
+            # torch divides a weighted MSE/L1 mean by the sum of the weights
+            if mask is not None:
+                w = w.where(mask.expand(w.shape), 0)
+            mean_denominator = w.sum()
+    out = reduce_loss(
+        elementwise,
+        reduction,
+        mask=mask,
+        normalizer=normalizer,
+        mean_denominator=mean_denominator,
+    )
+    return out.to(out_dtype)
+
+
+def mse_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+    *,
+    mask: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Mean squared error.
+
+    .. math:: \ell_i = w_i (x_i - y_i)^2
+
+    Args:
+        input: predictions ``x``, any shape.
+        target: ``y``, the input's shape.
+        size_average, reduce: deprecated; mapped to ``reduction`` as torch maps them.
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (``'elementwise_mean'`` is the old name of
+            ``'mean'``). Default ``'mean'``.
+        weight: optional elementwise weight of the input's shape; the weighted ``'mean'`` divides
+            by the sum of the weights, as torch does.
+        mask: keyword-only bool tensor broadcastable to the target; False positions contribute 0
+            and leave the ``'mean'`` count.
+        normalizer: keyword-only; with ``'mean'``, divide the summed loss by this instead of
+            the count (see :func:`losskit.count_targets`).
+
+    Shape:
+        - Input: ``(*)``. Target: ``(*)``, same shape.
+        - Output: scalar, or ``(*)`` with ``reduction='none'``.
+
+    Returns:
+        The loss, in the promoted dtype of input and target.
+
+    Example:
+        >>> import torch, losskit.functional as LF
+        >>> LF.mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0]))
+        tensor(2.)
+    """
+    reduction = resolve(reduction, size_average, reduce)
+    _check(input, target, weight, mask, normalizer, reduction)
+    dtype = compute_dtype(input, target)
+    diff = input.to(dtype) - target.to(dtype)
+    return _finish(diff * diff, result_dtype(input, target), reduction, weight, mask, normalizer,
+                   weighted_mean_by_weight_sum=True)
+
+
+def l1_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+    *,
+    mask: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Mean absolute error.
+
+    .. math:: \ell_i = w_i \lvert x_i - y_i \rvert
+
+    Args and Shape: as :func:`mse_loss` (the weighted ``'mean'`` divides by the sum of weights).
+
+    Example:
+        >>> import torch, losskit.functional as LF
+        >>> LF.l1_loss(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0]))
+        tensor(1.)
+    """
+    reduction = resolve(reduction, size_average, reduce)
+    _check(input, target, weight, mask, normalizer, reduction)
+    dtype = compute_dtype(input, target)
+    diff = input.to(dtype) - target.to(dtype)
+    return _finish(diff.abs(), result_dtype(input, target), reduction, weight, mask, normalizer,
+                   weighted_mean_by_weight_sum=True)
+
+
+def _smooth(diff: Tensor, beta: float, slope: float) -> Tensor:
+    """``slope`` times the smooth-L1 piecewise: quadratic inside |d| < beta, linear outside.
+
+    Written per branch (not as ``slope * smooth``) so each branch rounds as torch's kernel does.
+    """
+    absdiff = diff.abs()
+    inner = 0.5 * diff * diff if slope == beta else 0.5 * diff * diff / beta
+    return torch.where(absdiff < beta, inner, slope * (absdiff - 0.5 * beta))
+
+
+def smooth_l1_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    beta: float = 1.0,
+    *,
+    mask: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Smooth L1: quadratic near zero, linear beyond ``beta``.
+
+    .. math::
+        \ell_i = \begin{cases} 0.5 (x_i - y_i)^2 / \beta & |x_i - y_i| < \beta \\
+                 |x_i - y_i| - 0.5 \beta & \text{otherwise} \end{cases}
+
+    ``beta = 0`` is exactly :func:`l1_loss`. ``beta`` must be >= 0.
+
+    Args and Shape: as :func:`mse_loss`, plus ``beta`` (default 1.0).
+
+    Example:
+        >>> import torch, losskit.functional as LF
+        >>> LF.smooth_l1_loss(torch.tensor([0.5, 3.0]), torch.zeros(2), reduction="none")
+        tensor([0.1250, 2.5000])
+    """
+    reduction = resolve(reduction, size_average, reduce)
+    beta = V.check_float_option("beta", beta, low=0.0)
+    _check(input, target, None, mask, normalizer, reduction)
+    dtype = compute_dtype(input, target)
+    diff = input.to(dtype) - target.to(dtype)
+    elementwise = diff.abs() if beta == 0.0 else _smooth(diff, beta, 1.0)
+    return _finish(elementwise, result_dtype(input, target), reduction, None, mask, normalizer,
+                   weighted_mean_by_weight_sum=False)
+
+
+def huber_loss(
+    input: Tensor,
+    target: Tensor,
+    reduction: str = "mean",
+    delta: float = 1.0,
+    weight: Tensor | None = None,
+    *,
+    mask: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Huber loss: quadratic near zero, linear with slope ``delta`` beyond it.
+
+    .. math::
+        \ell_i = w_i \begin{cases} 0.5 (x_i - y_i)^2 & |x_i - y_i| < \delta \\
+                 \delta (|x_i - y_i| - 0.5 \delta) & \text{otherwise} \end{cases}
+
+    Equals ``delta * smooth_l1_loss(..., beta=delta)``. ``delta`` must be > 0. As in torch, the
+    weighted ``'mean'`` divides by the number of elements (not the weight sum), and the result
+    has the input's dtype.
+
+    Args and Shape: as :func:`mse_loss`, plus ``delta`` (default 1.0).
+
+    Example:
+        >>> import torch, losskit.functional as LF
+        >>> LF.huber_loss(torch.tensor([0.5, 3.0]), torch.zeros(2), reduction="none")
+        tensor([0.1250, 2.5000])
+    """
+    reduction = resolve(reduction)
+    delta = V.check_float_option("delta", delta, low=0.0, low_open=True)
+    _check(input, target, weight, mask, normalizer, reduction)
+    dtype = compute_dtype(input, target)
+    diff = input.to(dtype) - target.to(dtype)
+    elementwise = _smooth(diff, delta, delta)
+    return _finish(elementwise, input.dtype, reduction, weight, mask, normalizer,
+                   weighted_mean_by_weight_sum=False)
+

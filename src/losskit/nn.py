@@ -1,0 +1,248 @@
+"""Loss Modules: thin wrappers that hold configuration and buffers, like ``nn.Conv2d``.
+
+Each constructor has torch's signature (losskit's additions keyword-only); each ``forward`` is one
+call of the matching function in :mod:`losskit.functional`. Class ``weight`` and ``pos_weight``
+are registered buffers, so they follow ``.to(device)`` and land in ``state_dict``. ``mask`` and
+``normalizer`` change from batch to batch, so ``forward`` takes them as keyword arguments.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from . import _validate as V
+from . import functional as LF
+from ._reduction import resolve
+
+__all__ = [
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "HuberLoss",
+    "KLDivLoss",
+    "L1Loss",
+    "MSELoss",
+    "NLLLoss",
+    "SmoothL1Loss",
+]
+
+
+class _Loss(nn.Module):
+    """Holds ``reduction`` (legacy ``size_average``/``reduce`` mapped once, at construction)."""
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = resolve(reduction, size_average, reduce)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self._options().items())
+
+    def _options(self) -> dict:
+        return {"reduction": self.reduction}
+
+
+class _WeightedLoss(_Loss):
+    def __init__(self, weight: Tensor | None = None, size_average=None, reduce=None,
+                 reduction: str = "mean") -> None:
+        super().__init__(size_average, reduce, reduction)
+        if weight is not None:
+            V.require_tensor("weight", weight)
+        self.register_buffer("weight", weight)
+        self.weight: Tensor | None
+
+
+class MSELoss(_Loss):
+    """Mean squared error; see :func:`losskit.functional.mse_loss`.
+
+    Example:
+        >>> import torch, losskit
+        >>> losskit.MSELoss(reduction="sum")(torch.ones(3), torch.zeros(3))
+        tensor(3.)
+    """
+
+    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
+                normalizer: float | Tensor | None = None) -> Tensor:
+        return LF.mse_loss(input, target, reduction=self.reduction, mask=mask,
+                           normalizer=normalizer)
+
+
+class L1Loss(_Loss):
+    """Mean absolute error; see :func:`losskit.functional.l1_loss`."""
+
+    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
+                normalizer: float | Tensor | None = None) -> Tensor:
+        return LF.l1_loss(input, target, reduction=self.reduction, mask=mask,
+                          normalizer=normalizer)
+
+
+class SmoothL1Loss(_Loss):
+    """Smooth L1; see :func:`losskit.functional.smooth_l1_loss`."""
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean",
+                 beta: float = 1.0) -> None:
+        super().__init__(size_average, reduce, reduction)
+        self.beta = V.check_float_option("beta", beta, low=0.0)
+
+    def _options(self) -> dict:
+        return {"reduction": self.reduction, "beta": self.beta}
+
+    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
+                normalizer: float | Tensor | None = None) -> Tensor:
+        return LF.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta,
+                                 mask=mask, normalizer=normalizer)
+
+
+class HuberLoss(_Loss):
+    """Huber loss; see :func:`losskit.functional.huber_loss`."""
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
+        super().__init__(reduction=reduction)
+        self.delta = V.check_float_option("delta", delta, low=0.0, low_open=True)
+
+    def _options(self) -> dict:
+        return {"reduction": self.reduction, "delta": self.delta}
+
+    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
+                normalizer: float | Tensor | None = None) -> Tensor:
+        return LF.huber_loss(input, target, reduction=self.reduction, delta=self.delta,
+                             mask=mask, normalizer=normalizer)
+
+
+class BCELoss(_WeightedLoss):
+    """Binary cross-entropy on probabilities; see :func:`losskit.functional.binary_cross_entropy`.
+
+    Prefer :class:`BCEWithLogitsLoss` on logits: it needs no clamping.
+    """
+
+    def __init__(self, weight: Tensor | None = None, size_average=None, reduce=None,
+                 reduction: str = "mean", *, label_smoothing: float = 0.0) -> None:
+        super().__init__(weight, size_average, reduce, reduction)
+        self.label_smoothing = V.check_float_option("label_smoothing", label_smoothing,
+                                                    low=0.0, high=1.0)
+
+    def _options(self) -> dict:
+        return {"reduction": self.reduction, "label_smoothing": self.label_smoothing}
+
+    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
+                normalizer: float | Tensor | None = None) -> Tensor:
+        return LF.binary_cross_entropy(input, target, weight=self.weight,
+                                       reduction=self.reduction,
+                                       label_smoothing=self.label_smoothing, mask=mask,
+                                       normalizer=normalizer)
+
+
+class BCEWithLogitsLoss(_WeightedLoss):
+    """Binary cross-entropy on logits; see
+    :func:`losskit.functional.binary_cross_entropy_with_logits`."""
+
+    def __init__(self, weight: Tensor | None = None, size_average=None, reduce=None,
+                 reduction: str = "mean", pos_weight: Tensor | None = None, *,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(weight, size_average, reduce, reduction)
+        if pos_weight is not None:
+            V.require_tensor("pos_weight", pos_weight)
+        self.register_buffer("pos_weight", pos_weight)
+        self.pos_weight: Tensor | None
+        self.label_smoothing = V.check_float_option("label_smoothing", label_smoothing,
+                                                    low=0.0, high=1.0)
+
+    def _options(self) -> dict:
+        return {"reduction": self.reduction, "label_smoothing": self.label_smoothing}
+
+    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
+                normalizer: float | Tensor | None = None) -> Tensor:
+        return LF.binary_cross_entropy_with_logits(
+            input, target, weight=self.weight, reduction=self.reduction,
+            pos_weight=self.pos_weight, label_smoothing=self.label_smoothing, mask=mask,
+            normalizer=normalizer,
+        )
+
+
+class CrossEntropyLoss(_WeightedLoss):
+    """Cross-entropy on logits; see :func:`losskit.functional.cross_entropy`.
+
+    Example:
+        >>> import torch, losskit
+        >>> loss = losskit.CrossEntropyLoss(label_smoothing=0.1)
+        >>> loss(torch.zeros(2, 4), torch.tensor([0, 3])).shape
+        torch.Size([])
+    """
+
+    def __init__(self, weight: Tensor | None = None, size_average=None, ignore_index: int = -100,
+                 reduce=None, reduction: str = "mean", label_smoothing: float = 0.0, *,
+                 z_loss: float = 0.0, softcap: float | None = None, return_z_loss: bool = False,
+                 impl: str = "auto", inplace_backward: bool = False,
+                 validate: bool = True) -> None:
+        super().__init__(weight, size_average, reduce, reduction)
+        self.ignore_index = ignore_index
+        self.label_smoothing = V.check_float_option("label_smoothing", label_smoothing,
+                                                    low=0.0, high=1.0)
+        self.z_loss = V.check_float_option("z_loss", z_loss, low=0.0)
+        self.softcap = softcap
+        self.return_z_loss = return_z_loss
+        if impl not in LF.categorical.IMPLS:
+            raise V.LossValueError(f"impl must be one of {LF.categorical.IMPLS}, got {impl!r}")
+        self.impl = impl
+        self.inplace_backward = inplace_backward
+        self.validate = validate
+
+    def _options(self) -> dict:
+        opts = {"reduction": self.reduction, "ignore_index": self.ignore_index,
+                "label_smoothing": self.label_smoothing}
+        if self.z_loss:
+            opts["z_loss"] = self.z_loss
+        if self.softcap is not None:
+            opts["softcap"] = self.softcap
+        if self.impl != "auto":
+            opts["impl"] = self.impl
+        if self.inplace_backward:
+            opts["inplace_backward"] = True
+        return opts
+
+    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
+                normalizer: float | Tensor | None = None):
+        return LF.cross_entropy(
+            input, target, weight=self.weight, ignore_index=self.ignore_index,
+            reduction=self.reduction, label_smoothing=self.label_smoothing, mask=mask,
+            normalizer=normalizer, z_loss=self.z_loss, softcap=self.softcap,
+            return_z_loss=self.return_z_loss, impl=self.impl,
+            inplace_backward=self.inplace_backward, validate=self.validate,
+        )
+
+
+class NLLLoss(_WeightedLoss):
+    """Negative log-likelihood; see :func:`losskit.functional.nll_loss`."""
+
+    def __init__(self, weight: Tensor | None = None, size_average=None, ignore_index: int = -100,
+                 reduce=None, reduction: str = "mean") -> None:
+        super().__init__(weight, size_average, reduce, reduction)
+        self.ignore_index = ignore_index
+
+    def _options(self) -> dict:
+        return {"reduction": self.reduction, "ignore_index": self.ignore_index}
+
+    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
+                normalizer: float | Tensor | None = None) -> Tensor:
+        return LF.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                           reduction=self.reduction, mask=mask, normalizer=normalizer)
+
+
+class KLDivLoss(nn.Module):
+    """KL divergence; see :func:`losskit.functional.kl_div` (``'batchmean'`` is the true KL)."""
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean",
+                 log_target: bool = False) -> None:
+        super().__init__()
+        if reduction == "batchmean" and size_average is None and reduce is None:
+            self.reduction = "batchmean"
+        else:
+            self.reduction = resolve(reduction, size_average, reduce)
+        self.log_target = log_target
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}, log_target={self.log_target}"
+
+    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
+                normalizer: float | Tensor | None = None) -> Tensor:
+        return LF.kl_div(input, target, reduction=self.reduction, log_target=self.log_target,
+                         mask=mask, normalizer=normalizer)
