@@ -196,8 +196,12 @@ def check_class_weight(weight: Tensor | None, num_classes: int, input: Tensor) -
     require_same_device("weight", weight, "input", input)
 
 
-def check_class_indices(target: Tensor, num_classes: int, ignore_index: int, class_dim: int) -> None:
-    """Every index is in [0, num_classes) or equals ignore_index (one min/max pass)."""
+def check_class_indices(target: Tensor, num_classes: int, ignore_index: int, class_dim: int,
+                        *, classes_of: str = "input") -> None:
+    """Every index is in [0, num_classes) or equals ignore_index (one min/max pass).
+
+    ``classes_of`` names the tensor whose dim ``class_dim`` holds the classes (in the message).
+    """
     if target.numel() == 0:
         return
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
@@ -206,6 +210,6 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int, cla
         value = int(target.reshape(-1)[flat])
         raise LossIndexError(
             f"target has class index {value} at position {_position(flat, target.shape)}, but "
-            f"input has {num_classes} classes (dim {class_dim}); valid indices are 0.."
+            f"{classes_of} has {num_classes} classes (dim {class_dim}); valid indices are 0.."
             f"{num_classes - 1}, or ignore_index={ignore_index}"
         )

@@ -26,3 +26,16 @@ def result_dtype(*tensors: Tensor) -> torch.dtype:
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     return dtype
+
+
+def keep(tensor: Tensor, mask: Tensor | None) -> Tensor:
+    """``tensor`` with 0 where ``mask`` (bool, broadcastable to it) is False.
+
+    Applied to a loss's inputs before any math, so inf or NaN at a masked position reaches
+    neither the loss nor its gradient: a ``where`` after the math keeps the value clean, but its
+    backward then multiplies the zero gradient by the NaN local derivative (0 * NaN = NaN), and
+    one NaN row poisons every weight gradient of the model upstream.
+    """
+    if mask is None:
+        return tensor
+    return torch.where(mask, tensor, torch.zeros((), dtype=tensor.dtype, device=tensor.device))

@@ -12,12 +12,14 @@ from torch import Tensor
 from .. import _validate as V
 from .._reduction import reduce as reduce_loss
 from .._reduction import resolve
-from ._common import compute_dtype, result_dtype
+from ._common import compute_dtype, keep, result_dtype
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits"]
 
 _LOG_FLOOR = -100.0  # torch clamps log(x) and log(1 - x) here
-_GRAD_EPS = 1e-12  # torch's floor for x (1 - x) in the gradient
+# torch's floor for x (1 - x) in the gradient: a C++ `float` 1e-12, so float64 sees the
+# float32-rounded value (9.999999960041972e-13), not the double 1e-12
+_GRAD_EPS = float(torch.tensor(1e-12, dtype=torch.float32))
 
 
 def _check(
@@ -39,8 +41,8 @@ def _check(
         V.require_broadcastable_to("weight", weight, target.shape, "the target")
     V.check_mask(mask, target.shape)
     V.check_normalizer(normalizer, reduction)
-    if validate:
-        V.check_unit_interval("target", target, what="probabilities")
+    if validate:  # positions left out by the mask may hold anything (missing labels)
+        V.check_unit_interval("target", keep(target, mask), what="probabilities")
 
 
 def _smooth_labels(target: Tensor, label_smoothing: float) -> Tensor:
@@ -119,12 +121,12 @@ def binary_cross_entropy(
     label_smoothing = V.check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
     _check(input, target, weight, mask, normalizer, reduction, validate)
     if validate:
-        V.check_unit_interval("input", input, what="probabilities (apply a sigmoid first, or use "
-                              "binary_cross_entropy_with_logits)")
+        V.check_unit_interval("input", keep(input, mask), what="probabilities (apply a sigmoid "
+                              "first, or use binary_cross_entropy_with_logits)")
     V.require_same_dtype("target", target, "input", input)
     dtype = compute_dtype(input, target)
-    y = _smooth_labels(target.to(dtype), label_smoothing)
-    loss = _BinaryCrossEntropy.apply(input.to(dtype), y)
+    y = _smooth_labels(keep(target.to(dtype), mask), label_smoothing)
+    loss = _BinaryCrossEntropy.apply(keep(input.to(dtype), mask), y)
     if weight is not None:
         loss = loss * weight.to(dtype)
     return reduce_loss(loss, reduction, mask=mask, normalizer=normalizer).to(input.dtype)
@@ -179,8 +181,8 @@ def binary_cross_entropy_with_logits(
         V.require_broadcastable_to("pos_weight", pos_weight, target.shape, "the target")
     tensors = [t for t in (input, target, weight, pos_weight) if t is not None]
     dtype = compute_dtype(*tensors)
-    x = input.to(dtype)
-    y = _smooth_labels(target.to(dtype), label_smoothing)
+    x = keep(input.to(dtype), mask)
+    y = _smooth_labels(keep(target.to(dtype), mask), label_smoothing)
     log_sig = torch.nn.functional.logsigmoid(x)
     if pos_weight is not None:
         log_weight = (pos_weight.to(dtype) - 1) * y + 1

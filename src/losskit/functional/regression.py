@@ -13,7 +13,7 @@ from torch import Tensor
 from .. import _validate as V
 from .._reduction import reduce as reduce_loss
 from .._reduction import resolve
-from ._common import compute_dtype, result_dtype
+from ._common import compute_dtype, keep, result_dtype
 
 __all__ = ["huber_loss", "l1_loss", "mse_loss", "smooth_l1_loss"]
 
@@ -114,7 +114,7 @@ def mse_loss(
     reduction = resolve(reduction, size_average, reduce)
     _check(input, target, weight, mask, normalizer, reduction)
     dtype = compute_dtype(input, target)
-    diff = input.to(dtype) - target.to(dtype)
+    diff = keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
     return _finish(diff * diff, result_dtype(input, target), reduction, weight, mask, normalizer,
                    weighted_mean_by_weight_sum=True)
 
@@ -144,7 +144,7 @@ def l1_loss(
     reduction = resolve(reduction, size_average, reduce)
     _check(input, target, weight, mask, normalizer, reduction)
     dtype = compute_dtype(input, target)
-    diff = input.to(dtype) - target.to(dtype)
+    diff = keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
     return _finish(diff.abs(), result_dtype(input, target), reduction, weight, mask, normalizer,
                    weighted_mean_by_weight_sum=True)
 
@@ -189,7 +189,7 @@ def smooth_l1_loss(
     beta = V.check_float_option("beta", beta, low=0.0)
     _check(input, target, None, mask, normalizer, reduction)
     dtype = compute_dtype(input, target)
-    diff = input.to(dtype) - target.to(dtype)
+    diff = keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
     elementwise = diff.abs() if beta == 0.0 else _smooth(diff, beta, 1.0)
     return _finish(elementwise, result_dtype(input, target), reduction, None, mask, normalizer,
                    weighted_mean_by_weight_sum=False)
@@ -226,7 +226,7 @@ def huber_loss(
     delta = V.check_float_option("delta", delta, low=0.0, low_open=True)
     _check(input, target, weight, mask, normalizer, reduction)
     dtype = compute_dtype(input, target)
-    diff = input.to(dtype) - target.to(dtype)
+    diff = keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
     elementwise = _smooth(diff, delta, delta)
     return _finish(elementwise, input.dtype, reduction, weight, mask, normalizer,
                    weighted_mean_by_weight_sum=False)

@@ -1,0 +1,198 @@
+"""Shared helpers for the test suite: torch is the oracle.
+
+Every parity test runs a losskit function and its torch counterpart on the same inputs, with the
+same upstream gradient, and compares the forward value and the gradients:
+
+- float64 and float32: equal to torch within a per-dtype tolerance (:data:`TOLERANCES`);
+- bfloat16 / float16: an *error budget*: losskit may be no further from a float64 truth (torch run
+  on the inputs widened to float64) than torch's own low-precision result, plus one unit of
+  rounding in the low-precision dtype.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+from torch import Tensor
+
+# Without a GPU the Triton kernels run in Triton's interpreter, which must be chosen before any
+# kernel is defined (`make test` exports it too; this covers a bare `pytest`).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+#: rtol/atol for comparing a float32/float64 result with torch's on the same inputs.
+TOLERANCES = {
+    torch.float64: {"rtol": 1e-12, "atol": 1e-12},
+    torch.float32: {"rtol": 1e-6, "atol": 1e-6},
+}
+
+#: the dtypes every parity grid runs over
+DTYPES = (torch.float64, torch.float32, torch.bfloat16)
+REDUCTIONS = ("none", "mean", "sum")
+
+# The tests run many tiny ops; on a small shared machine torch's intra-op thread pool makes each
+# of them ~50x slower (threads wait on each other). LOSSKIT_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("LOSSKIT_TEST_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test starts from the same random state, so failures reproduce."""
+    torch.manual_seed(0)
+
+
+# --------------------------------------------------------------------------------------------
+# comparisons
+# --------------------------------------------------------------------------------------------
+
+
+def assert_close_to_torch(actual: Tensor, expected: Tensor, *, what: str = "value") -> None:
+    """``actual`` equals torch's ``expected``: same shape and dtype, values within tolerance."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    tol = TOLERANCES.get(actual.dtype, TOLERANCES[torch.float32])
+    torch.testing.assert_close(
+        actual, expected, equal_nan=True, msg=lambda m: f"{what} differs from torch: {m}", **tol
+    )
+
+
+def assert_within_budget(
+    actual: Tensor, torch_lowp: Tensor, truth: Tensor, *, what: str = "value"
+) -> None:
+    """Low precision: ``actual`` is elementwise no further from ``truth`` than torch's result.
+
+    The slack is one rounding step of the low-precision dtype at the true value (losskit computes
+    in float32 and rounds once; torch may round several times).
+    """
+    assert actual.shape == torch_lowp.shape == truth.shape, what
+    assert actual.dtype == torch_lowp.dtype, f"{what}: dtype {actual.dtype} != {torch_lowp.dtype}"
+    ours = actual.double()
+    theirs = torch_lowp.double()
+    finite = truth.isfinite()
+    # NaN and inf in the truth must be reproduced exactly
+    torch.testing.assert_close(ours[~finite], truth[~finite], equal_nan=True, rtol=0, atol=0)
+    eps = torch.finfo(actual.dtype).eps
+    err_ours = (ours - truth).abs()[finite]
+    err_theirs = (theirs - truth).abs()[finite].nan_to_num(nan=torch.inf)
+    budget = err_theirs + eps * truth.abs()[finite] + torch.finfo(actual.dtype).tiny
+    if err_ours.numel() == 0:
+        return
+    worst = (err_ours - budget).argmax()
+    assert bool((err_ours <= budget).all()), (
+        f"{what}: losskit's {actual.dtype} error {err_ours[worst].item():.3g} exceeds torch's "
+        f"{err_theirs[worst].item():.3g} (+1 ulp) at flat position {worst.item()}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# running a loss forward and backward
+# --------------------------------------------------------------------------------------------
+
+
+def upstream_like(out: Tensor) -> Tensor:
+    """A fixed upstream gradient for ``out``: values in [0.5, 1.5), rounded to out's dtype."""
+    gen = torch.Generator().manual_seed(1234)
+    return (torch.rand(out.shape, generator=gen, dtype=torch.float64) + 0.5).to(out.dtype)
+
+
+def forward_backward(
+    fn: Callable[..., Tensor],
+    args: Sequence[object],
+    kwargs: dict | None = None,
+    *,
+    wrt: Sequence[int] = (0,),
+    upstream: Tensor | None = None,
+) -> tuple[Tensor, list[Tensor | None]]:
+    """``fn(*args, **kwargs)`` with fresh leaf copies of ``args[i]`` for ``i`` in ``wrt``.
+
+    Backpropagates ``upstream`` (default :func:`upstream_like`) and returns the detached output
+    and the gradient of each ``args[i]``.
+    """
+    args = list(args)
+    leaves = []
+    for i in wrt:
+        leaf = args[i].detach().clone().requires_grad_(True)
+        args[i] = leaf
+        leaves.append(leaf)
+    out = fn(*args, **(kwargs or {}))
+    if upstream is None:
+        upstream = upstream_like(out)
+    if out.requires_grad:
+        out.backward(upstream.to(out.dtype))
+    return out.detach(), [leaf.grad for leaf in leaves]
+
+
+def _widen(value: object) -> object:
+    if isinstance(value, Tensor) and value.is_floating_point():
+        return value.detach().to(torch.float64)
+    return value
+
+
+def check_against_torch(
+    ours: Callable[..., Tensor],
+    theirs: Callable[..., Tensor],
+    args: Sequence[object],
+    kwargs: dict | None = None,
+    *,
+    torch_kwargs: dict | None = None,
+    wrt: Sequence[int] = (0,),
+) -> Tensor:
+    """Compare ``ours(*args, **kwargs)`` with ``theirs(*args, **torch_kwargs)``, value and grads.
+
+    ``torch_kwargs`` defaults to ``kwargs``. float32/float64 use :func:`assert_close_to_torch`;
+    bfloat16/float16 use :func:`assert_within_budget` against torch run in float64. Returns
+    losskit's output (for further checks).
+    """
+    kwargs = kwargs or {}
+    torch_kwargs = kwargs if torch_kwargs is None else torch_kwargs
+    out, grads = forward_backward(ours, args, kwargs, wrt=wrt)
+    ref, ref_grads = forward_backward(theirs, args, torch_kwargs, wrt=wrt)
+    names = [f"gradient of argument {i}" for i in wrt]
+    if out.dtype in LOW_PRECISION:
+        upstream = upstream_like(out).to(torch.float64)
+        wide_args = [_widen(a) for a in args]
+        wide_kwargs = {k: _widen(v) for k, v in torch_kwargs.items()}
+        truth, truth_grads = forward_backward(
+            theirs, wide_args, wide_kwargs, wrt=wrt, upstream=upstream
+        )
+        assert_within_budget(out, ref, truth, what="forward")
+        for g, rg, tg, name in zip(grads, ref_grads, truth_grads, names, strict=True):
+            assert_within_budget(g, rg, tg, what=name)
+    else:
+        assert_close_to_torch(out, ref, what="forward")
+        for g, rg, name in zip(grads, ref_grads, names, strict=True):
+            if rg is None:
+                assert g is None or not bool(g.any()), name
+            else:
+                assert_close_to_torch(g, rg, what=name)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# signatures
+# --------------------------------------------------------------------------------------------
+
+
+def assert_torch_signature(ours: Callable, theirs: Callable) -> None:
+    """Torch's parameters appear in the same order, kind and default; extras keyword-only."""
+    ours_params = list(inspect.signature(ours).parameters.values())
+    theirs_params = list(inspect.signature(theirs).parameters.values())
+    for i, p in enumerate(theirs_params):
+        assert i < len(ours_params), f"{ours.__name__} lacks torch's parameter {p.name!r}"
+        q = ours_params[i]
+        assert q.name == p.name, f"parameter {i} is {q.name!r}, torch has {p.name!r}"
+        assert q.kind == p.kind, f"{p.name}: kind {q.kind} != torch's {p.kind}"
+        assert q.default == p.default, f"{p.name}: default {q.default!r} != torch's {p.default!r}"
+    for q in ours_params[len(theirs_params) :]:
+        assert q.kind is inspect.Parameter.KEYWORD_ONLY, f"losskit's {q.name!r} not keyword-only"
+
+
+def torch_has_parameter(fn: Callable, name: str) -> bool:
+    """Whether the installed torch's ``fn`` takes ``name`` (e.g. ``weight`` on ``mse_loss``)."""
+    return name in inspect.signature(fn).parameters

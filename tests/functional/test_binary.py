@@ -1,0 +1,240 @@
+"""Binary cross-entropy on probabilities and on logits, against torch.nn.functional."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import (
+    DTYPES,
+    REDUCTIONS,
+    assert_close_to_torch,
+    assert_torch_signature,
+    check_against_torch,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import losskit.functional as LF
+
+SHAPES = ((), (7,), (3, 5), (2, 3, 4), (0,))
+
+
+def _targets(shape, dtype):
+    """Soft targets in [0, 1] with some exact 0s and 1s."""
+    y = torch.rand(shape, dtype=torch.float64)
+    flat = y.view(-1)
+    flat[::3] = flat[::3].round()
+    return y.to(dtype)
+
+
+def _weight(kind: str, shape, dtype):
+    """A weight broadcastable to ``shape``: full, last dimension only, or a single number."""
+    if kind == "none":
+        return None
+    wshape = {"full": shape, "last": shape[-1:], "scalar": (1,) if shape else ()}[kind]
+    return (torch.rand(wshape, dtype=torch.float64) * 2 + 0.1).to(dtype)
+
+
+@pytest.mark.parametrize("name", ("binary_cross_entropy", "binary_cross_entropy_with_logits"))
+def test_signature_matches_torch(name):
+    assert_torch_signature(getattr(LF, name), getattr(F, name))
+
+
+# --------------------------------------------------------------------------------------------
+# binary_cross_entropy (probabilities)
+# --------------------------------------------------------------------------------------------
+
+
+def _probabilities(shape, dtype, *, endpoints: bool):
+    x = torch.sigmoid(torch.randn(shape, dtype=torch.float64) * 2)
+    if endpoints and x.numel() >= 4:
+        flat = x.view(-1)
+        flat[0], flat[1], flat[2], flat[3] = 0.0, 1.0, 1.0, 0.0
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weight", ("none", "full", "last", "scalar"))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_bce_parity_with_torch(shape, weight, reduction, dtype):
+    # exact 0 and 1 (clamped logs, floored gradient) in float32/float64; bfloat16 stays inside
+    x = _probabilities(shape, dtype, endpoints=dtype != torch.bfloat16)
+    y = _targets(shape, dtype)
+    w = _weight(weight, shape, dtype)
+    check_against_torch(
+        LF.binary_cross_entropy, F.binary_cross_entropy, (x, y, w), {"reduction": reduction}
+    )
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
+def test_bce_inputs_exactly_zero_and_one(dtype):
+    """torch clamps the logs at -100 and floors x (1 - x) at 1e-12: same loss and gradient."""
+    x = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.5, 1e-30], dtype=dtype)
+    y = torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 0.7], dtype=dtype)
+    for reduction in REDUCTIONS:
+        out = check_against_torch(
+            LF.binary_cross_entropy, F.binary_cross_entropy, (x, y), {"reduction": reduction}
+        )
+        assert bool(out.isfinite().all())
+    loss = LF.binary_cross_entropy(x, y, reduction="none")
+    assert loss[1].item() == 100.0 and loss[2].item() == 100.0
+    assert loss[0].item() == 0.0 and loss[3].item() == 0.0
+    leaf = x.clone().requires_grad_()
+    LF.binary_cross_entropy(leaf, y, reduction="sum").backward()
+    assert bool(leaf.grad.isfinite().all())
+
+
+@pytest.mark.parametrize("eps", (0.1, 1.0))
+@pytest.mark.parametrize("name", ("binary_cross_entropy", "binary_cross_entropy_with_logits"))
+def test_label_smoothing_is_smoothed_targets(name, eps):
+    """losskit's label_smoothing equals torch on targets y (1 - eps) + eps / 2."""
+    x = torch.randn(4, 3, dtype=torch.float64)
+    if name == "binary_cross_entropy":
+        x = torch.sigmoid(x)
+    y = _targets((4, 3), torch.float64)
+    smoothed = y * (1 - eps) + eps / 2
+    for reduction in REDUCTIONS:
+        check_against_torch(
+            lambda a, b, **k: getattr(LF, name)(a, b, label_smoothing=eps, **k),
+            lambda a, b, **k: getattr(F, name)(a, smoothed, **k),
+            (x, y),
+            {"reduction": reduction},
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# binary_cross_entropy_with_logits
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("pos_weight", ("none", "last", "full"))
+@pytest.mark.parametrize("weight", ("none", "full", "last"))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_bce_with_logits_parity_with_torch(shape, weight, pos_weight, reduction, dtype):
+    x = (torch.randn(shape, dtype=torch.float64) * 4).to(dtype)
+    y = _targets(shape, dtype)
+    w = _weight(weight, shape, dtype)
+    pw = _weight(pos_weight, shape, dtype)
+    check_against_torch(
+        LF.binary_cross_entropy_with_logits,
+        F.binary_cross_entropy_with_logits,
+        (x, y, w),
+        {"reduction": reduction, "pos_weight": pw},
+    )
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
+def test_bce_with_logits_stable_at_1e4(dtype):
+    x = torch.tensor([[1e4, -1e4, 3e4], [-3e4, 0.0, 1e4]], dtype=dtype)
+    y = torch.tensor([[0.0, 1.0, 0.3], [1.0, 0.5, 1.0]], dtype=dtype)
+    pw = torch.tensor([0.5, 2.0, 3.0], dtype=dtype)
+    for reduction in REDUCTIONS:
+        for kwargs in ({}, {"pos_weight": pw}):
+            out = check_against_torch(
+                LF.binary_cross_entropy_with_logits,
+                F.binary_cross_entropy_with_logits,
+                (x, y),
+                dict(kwargs, reduction=reduction),
+            )
+            assert bool(out.isfinite().all())
+    # exact value: max(x, 0) - x y + log(1 + exp(-|x|)) is 1e4 for x = 1e4, y = 0
+    assert LF.binary_cross_entropy_with_logits(x, y, reduction="none")[0, 0].item() == 1e4
+
+
+@pytest.mark.parametrize(
+    ("input_dtype", "target_dtype"),
+    [(torch.float32, torch.float64), (torch.bfloat16, torch.float32)],
+)
+def test_bce_with_logits_mixed_dtypes_promote(input_dtype, target_dtype):
+    x = torch.randn(3, 4).to(input_dtype)
+    y = torch.rand(3, 4).to(target_dtype)
+    ours = LF.binary_cross_entropy_with_logits(x, y, reduction="none")
+    theirs = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    assert ours.dtype == theirs.dtype
+    # torch computes part of a bfloat16-input call in bfloat16: no further from the truth
+    truth = F.binary_cross_entropy_with_logits(x.double(), y.double(), reduction="none")
+    err_ours = (ours.double() - truth).abs()
+    err_theirs = (theirs.double() - truth).abs()
+    assert bool((err_ours <= err_theirs + 1e-6 * truth.abs()).all())
+
+
+# --------------------------------------------------------------------------------------------
+# both
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size_average", "reduce"),
+    [c for c in itertools.product((None, True, False), repeat=2) if c != (None, None)],
+)
+@pytest.mark.parametrize("name", ("binary_cross_entropy", "binary_cross_entropy_with_logits"))
+def test_legacy_size_average_and_reduce(name, size_average, reduce):
+    x = torch.rand(3, 4, dtype=torch.float64)
+    y = _targets((3, 4), torch.float64)
+    w = torch.rand(4, dtype=torch.float64)
+    with pytest.warns(FutureWarning, match="reduction=") as record:
+        ours = getattr(LF, name)(x, y, w, size_average, reduce)
+    assert any(r.filename == __file__ for r in record)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = getattr(F, name)(x, y, w, size_average, reduce)
+    assert_close_to_torch(ours, theirs)
+
+
+def test_gradcheck():
+    x = torch.rand(3, 4, dtype=torch.float64) * 0.8 + 0.1
+    y = torch.rand(3, 4, dtype=torch.float64)
+    w = torch.rand(4, dtype=torch.float64) + 0.5
+    pw = torch.rand(4, dtype=torch.float64) + 0.5
+    for t in (x, y, w, pw):
+        t.requires_grad_()
+    for reduction in REDUCTIONS:
+        assert torch.autograd.gradcheck(
+            lambda a, b, c, r=reduction: LF.binary_cross_entropy(a, b, c, reduction=r), (x, y, w)
+        )
+        assert torch.autograd.gradcheck(
+            lambda a, b, c, d, r=reduction: LF.binary_cross_entropy_with_logits(
+                a, b, c, reduction=r, pos_weight=d
+            ),
+            (x * 6 - 3, y, w, pw),
+        )
+    # second order through the logits form (plain autograd)
+    assert torch.autograd.gradgradcheck(
+        lambda a: LF.binary_cross_entropy_with_logits(a, y.detach(), pos_weight=pw.detach()),
+        (x.detach().requires_grad_(),),
+    )
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    shape=st.lists(st.integers(0, 5), min_size=0, max_size=4).map(tuple),
+    weight=st.sampled_from(("none", "full", "last", "scalar")),
+    pos_weight=st.sampled_from(("none", "full", "last")),
+    reduction=st.sampled_from(REDUCTIONS),
+    dtype=st.sampled_from((torch.float64, torch.float32)),
+    scale=st.sampled_from((1.0, 30.0)),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_and_arguments(shape, weight, pos_weight, reduction, dtype, scale, seed):
+    torch.manual_seed(seed)
+    x = (torch.randn(shape, dtype=torch.float64) * scale).to(dtype)
+    y = _targets(shape, dtype)
+    w = _weight(weight, shape, dtype)
+    pw = _weight(pos_weight, shape, dtype)
+    check_against_torch(
+        LF.binary_cross_entropy_with_logits,
+        F.binary_cross_entropy_with_logits,
+        (x, y, w),
+        {"reduction": reduction, "pos_weight": pw},
+    )
+    p = torch.sigmoid(x.double()).to(dtype)
+    check_against_torch(
+        LF.binary_cross_entropy, F.binary_cross_entropy, (p, y, w), {"reduction": reduction}
+    )

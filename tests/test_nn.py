@@ -1,0 +1,268 @@
+"""Loss Modules: Module == functional == torch.nn; buffers, state_dict, pickle, repr, legacy."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import pickle
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import assert_torch_signature, check_against_torch
+
+import losskit
+import losskit.functional as LF
+
+NAMES = (
+    "MSELoss",
+    "L1Loss",
+    "SmoothL1Loss",
+    "HuberLoss",
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "NLLLoss",
+    "KLDivLoss",
+)
+LEGACY = (
+    "MSELoss",
+    "L1Loss",
+    "SmoothL1Loss",
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "NLLLoss",
+    "KLDivLoss",
+)
+
+
+def _w(n=4):
+    return torch.rand(n, dtype=torch.float64) + 0.2
+
+
+def _setups():
+    """(id, losskit module, torch module, inputs, the equivalent functional call)."""
+    x = torch.randn(3, 4, dtype=torch.float64)
+    y = torch.randn(3, 4, dtype=torch.float64)
+    p = torch.sigmoid(x)
+    q = torch.rand(3, 4, dtype=torch.float64)
+    t = torch.tensor([0, 3, 1])
+    logp = torch.log_softmax(x, 1)
+    dist = torch.softmax(y, 1)
+    w, pw = _w(), _w() * 2
+    return [
+        (
+            "mse",
+            losskit.MSELoss(reduction="sum"),
+            nn.MSELoss(reduction="sum"),
+            (x, y),
+            lambda a, b: LF.mse_loss(a, b, reduction="sum"),
+        ),
+        ("l1", losskit.L1Loss(), nn.L1Loss(), (x, y), lambda a, b: LF.l1_loss(a, b)),
+        (
+            "smooth_l1",
+            losskit.SmoothL1Loss(reduction="none", beta=0.5),
+            nn.SmoothL1Loss(reduction="none", beta=0.5),
+            (x, y),
+            lambda a, b: LF.smooth_l1_loss(a, b, reduction="none", beta=0.5),
+        ),
+        (
+            "huber",
+            losskit.HuberLoss(delta=0.7),
+            nn.HuberLoss(delta=0.7),
+            (x, y),
+            lambda a, b: LF.huber_loss(a, b, delta=0.7),
+        ),
+        (
+            "bce",
+            losskit.BCELoss(w, reduction="sum"),
+            nn.BCELoss(w, reduction="sum"),
+            (p, q),
+            lambda a, b: LF.binary_cross_entropy(a, b, w, reduction="sum"),
+        ),
+        (
+            "bce_logits",
+            losskit.BCEWithLogitsLoss(w, pos_weight=pw),
+            nn.BCEWithLogitsLoss(w, pos_weight=pw),
+            (x, q),
+            lambda a, b: LF.binary_cross_entropy_with_logits(a, b, w, pos_weight=pw),
+        ),
+        (
+            "cross_entropy",
+            losskit.CrossEntropyLoss(w, ignore_index=1, label_smoothing=0.2, impl="reference"),
+            nn.CrossEntropyLoss(w, ignore_index=1, label_smoothing=0.2),
+            (x, t),
+            lambda a, b: LF.cross_entropy(
+                a, b, w, ignore_index=1, label_smoothing=0.2, impl="reference"
+            ),
+        ),
+        (
+            "cross_entropy_probabilities",
+            losskit.CrossEntropyLoss(w, reduction="none", impl="reference"),
+            nn.CrossEntropyLoss(w, reduction="none"),
+            (x, dist),
+            lambda a, b: LF.cross_entropy(a, b, w, reduction="none", impl="reference"),
+        ),
+        (
+            "nll",
+            losskit.NLLLoss(w, ignore_index=3),
+            nn.NLLLoss(w, ignore_index=3),
+            (logp, t),
+            lambda a, b: LF.nll_loss(a, b, w, ignore_index=3),
+        ),
+        (
+            "kl",
+            losskit.KLDivLoss(reduction="batchmean", log_target=True),
+            nn.KLDivLoss(reduction="batchmean", log_target=True),
+            (logp, torch.log(dist)),
+            lambda a, b: LF.kl_div(a, b, reduction="batchmean", log_target=True),
+        ),
+    ]
+
+
+SETUPS = {s[0]: s for s in _setups()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_constructor_signature_matches_torch(name):
+    assert_torch_signature(getattr(losskit, name), getattr(nn, name))
+
+
+@pytest.mark.parametrize("key", list(SETUPS))
+def test_module_equals_functional_and_torch(key):
+    _, ours, theirs, args, functional = SETUPS[key]
+    assert torch.equal(ours(*args), functional(*args))
+    check_against_torch(ours, theirs, args)
+
+
+# --------------------------------------------------------------------------------------------
+# buffers and state
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ("BCELoss", "CrossEntropyLoss", "NLLLoss"))
+def test_weight_is_a_buffer(name):
+    w = _w(3)
+    module = getattr(losskit, name)(w)
+    assert dict(module.named_buffers())["weight"] is w
+    assert list(module.state_dict()) == list(getattr(nn, name)(w).state_dict()) == ["weight"]
+    assert not list(module.parameters())
+    assert module.to(torch.float32).weight.dtype == torch.float32
+    module.to("meta")
+    assert module.weight.device.type == "meta"
+    # no weight: no buffer value, and nothing in the state_dict (as torch)
+    assert getattr(losskit, name)().state_dict() == {}
+
+
+def test_pos_weight_is_a_buffer():
+    w, pw = _w(), _w()
+    module = losskit.BCEWithLogitsLoss(w, pos_weight=pw)
+    buffers = dict(module.named_buffers())
+    assert buffers["weight"] is w and buffers["pos_weight"] is pw
+    assert list(module.state_dict()) == list(nn.BCEWithLogitsLoss(w, pos_weight=pw).state_dict())
+    module.half()
+    assert module.weight.dtype == module.pos_weight.dtype == torch.float16
+    module.to("meta")
+    assert module.pos_weight.device.type == "meta"
+
+
+def test_buffers_follow_to_and_the_result_follows_them():
+    x = torch.randn(4, 3)
+    t = torch.tensor([0, 1, 2, 1])
+    module = losskit.CrossEntropyLoss(_w(3), impl="reference").to(torch.float32)
+    expected = nn.CrossEntropyLoss(module.weight)(x, t)
+    torch.testing.assert_close(module(x, t), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("key", ("bce", "bce_logits", "cross_entropy", "nll"))
+def test_state_dict_round_trip(key):
+    _, ours, _, args, _ = SETUPS[key]
+    fresh = copy.deepcopy(ours)
+    for buffer in fresh.buffers():
+        buffer.data = torch.rand_like(buffer) + 3.0  # different numbers, same shapes
+    assert not torch.equal(fresh(*args), ours(*args))
+    fresh.load_state_dict(ours.state_dict())
+    assert torch.equal(fresh(*args), ours(*args))
+
+
+@pytest.mark.parametrize("key", list(SETUPS))
+def test_pickle_round_trip(key):
+    _, ours, _, args, _ = SETUPS[key]
+    restored = pickle.loads(pickle.dumps(ours))
+    assert repr(restored) == repr(ours)
+    assert torch.equal(restored(*args), ours(*args))
+    for (name, a), (name_b, b) in zip(
+        ours.state_dict().items(), restored.state_dict().items(), strict=True
+    ):
+        assert name == name_b and torch.equal(a, b)
+    buffer = io.BytesIO()
+    torch.save(ours, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded(*args), ours(*args))
+
+
+# --------------------------------------------------------------------------------------------
+# repr and legacy arguments
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        (losskit.MSELoss(reduction="sum"), "MSELoss(reduction='sum')"),
+        (losskit.L1Loss(), "L1Loss(reduction='mean')"),
+        (losskit.SmoothL1Loss(beta=0.5), "SmoothL1Loss(reduction='mean', beta=0.5)"),
+        (losskit.HuberLoss(reduction="none", delta=2.0), "HuberLoss(reduction='none', delta=2.0)"),
+        (losskit.BCELoss(label_smoothing=0.1), "BCELoss(reduction='mean', label_smoothing=0.1)"),
+        (
+            losskit.CrossEntropyLoss(ignore_index=3, reduction="sum", label_smoothing=0.25),
+            "CrossEntropyLoss(reduction='sum', ignore_index=3, label_smoothing=0.25)",
+        ),
+        (losskit.NLLLoss(ignore_index=-1), "NLLLoss(reduction='mean', ignore_index=-1)"),
+        (
+            losskit.KLDivLoss(reduction="batchmean", log_target=True),
+            "KLDivLoss(reduction='batchmean', log_target=True)",
+        ),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, torch.nn.Module) else "",
+)
+def test_extra_repr(module, expected):
+    assert repr(module) == expected
+
+
+def test_repr_leaves_out_the_weight():
+    """The weight is a buffer: it does not appear in the repr line (as in torch)."""
+    assert repr(losskit.CrossEntropyLoss(_w(3))).startswith("CrossEntropyLoss(reduction='mean'")
+
+
+@pytest.mark.parametrize(
+    ("size_average", "reduce"),
+    [c for c in itertools.product((None, True, False), repeat=2) if c != (None, None)],
+)
+@pytest.mark.parametrize("name", LEGACY)
+def test_legacy_size_average_and_reduce(name, size_average, reduce):
+    with pytest.warns(FutureWarning, match="reduction="):
+        ours = getattr(losskit, name)(size_average=size_average, reduce=reduce)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = getattr(nn, name)(size_average=size_average, reduce=reduce)
+    assert ours.reduction == theirs.reduction
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_elementwise_mean_module(name):
+    with pytest.warns(FutureWarning, match="elementwise_mean"):
+        module = getattr(losskit, name)(reduction="elementwise_mean")
+    assert module.reduction == "mean"
+
+
+def test_kl_div_module_keeps_batchmean():
+    module = losskit.KLDivLoss(reduction="batchmean")
+    assert module.reduction == "batchmean"
+    logp = torch.log_softmax(torch.randn(4, 5, dtype=torch.float64), 1)
+    q = torch.softmax(torch.randn(4, 5, dtype=torch.float64), 1)
+    check_against_torch(module, nn.KLDivLoss(reduction="batchmean"), (logp, q))
