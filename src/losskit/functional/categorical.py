@@ -22,7 +22,7 @@ from torch import Tensor
 from .. import _validate as V
 from .._reduction import as_normalizer, resolve, safe_divide
 from .._reduction import reduce as reduce_loss
-from ._common import compute_dtype, result_dtype
+from ._common import compute_dtype, keep, result_dtype
 
 __all__ = ["count_targets", "cross_entropy", "kl_div", "nll_loss"]
 
@@ -49,8 +49,12 @@ def check_classification(
     validate: bool,
     allow_probabilities: bool,
     input_name: str = "input",
+    mask: Tensor | None = None,
 ) -> bool:
-    """Check a classification call; return True for probability targets, False for indices."""
+    """Check a classification call; return True for probability targets, False for indices.
+
+    Values at positions ``mask`` leaves out are not checked (padding may hold anything).
+    """
     V.require_tensor(input_name, input)
     V.require_tensor("target", target)
     V.require_floating(input_name, input, what="logits or log-probabilities")
@@ -70,7 +74,11 @@ def check_classification(
     if target.is_floating_point():
         if target.shape == input.shape and allow_probabilities:
             if validate:
-                V.check_unit_interval("target", target, what="class probabilities")
+                kept = None
+                if mask is not None:
+                    V.check_mask(mask, index_shape)
+                    kept = mask.expand(index_shape).unsqueeze(class_dim)
+                V.check_unit_interval("target", keep(target, kept), what="class probabilities")
             return True
         if target.shape == index_shape:
             raise V.LossTypeError(
@@ -108,6 +116,9 @@ def check_classification(
     if target.shape != index_shape:
         _explain_index_shape(input, target, index_shape, input_name)
     if validate:
+        if mask is not None:
+            V.check_mask(mask, index_shape)
+            target = torch.where(mask, target, ignore_index)
         V.check_class_indices(target, num_classes, ignore_index, class_dim)
     return False
 
@@ -238,13 +249,16 @@ def _reference_cross_entropy(
     tensors = [input] + ([target] if probabilities else [])
     dtype = compute_dtype(*tensors)
     x = _flatten_classes(input).to(dtype)
+    # rows left out by the mask are zeroed first, so inf/NaN there reaches no gradient
+    kept = mask.expand(out_shape).reshape(-1, 1) if mask is not None else None
+    x = keep(x, kept)
     if softcap is not None:
         x = softcap * torch.tanh(x / softcap)
     logp = torch.log_softmax(x, dim=1)
     w = weight.to(dtype) if weight is not None else None
 
     if probabilities:
-        t = _flatten_classes(target).to(dtype)
+        t = keep(_flatten_classes(target).to(dtype), kept)
         if label_smoothing > 0.0:
             t = t * (1.0 - label_smoothing) + label_smoothing / num_classes
         tw = t * w if w is not None else t
@@ -371,7 +385,7 @@ def cross_entropy(
         raise V.LossValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     probabilities = check_classification(
         input, target, weight=weight, ignore_index=ignore_index, validate=validate,
-        allow_probabilities=True,
+        allow_probabilities=True, mask=mask,
     )
     if probabilities and ignore_index != -100:
         raise V.LossValueError(
@@ -382,6 +396,9 @@ def cross_entropy(
                   reduction=reduction)
     if inplace_backward and impl == "reference":
         raise V.LossValueError("inplace_backward=True needs impl='fused' or 'auto'")
+    if mask is not None and not probabilities:
+        # masked positions may hold any index (padding): make them ignore_index for the gathers
+        target = torch.where(mask.expand(target.shape), target.long(), ignore_index)
 
     options = dict(
         weight=weight, ignore_index=ignore_index, reduction=reduction,
@@ -436,10 +453,14 @@ def nll_loss(
     """
     reduction = resolve(reduction, size_average, reduce)
     check_classification(input, target, weight=weight, ignore_index=ignore_index,
-                         validate=validate, allow_probabilities=False)
+                         validate=validate, allow_probabilities=False, mask=mask)
     _check_extras(input, target.shape, mask=mask, normalizer=normalizer, reduction=reduction)
+    if mask is not None:
+        # masked positions may hold any index (padding): make them ignore_index for the gather
+        target = torch.where(mask.expand(target.shape), target.long(), ignore_index)
     dtype = compute_dtype(input)
     x = _flatten_classes(input).to(dtype)
+    x = keep(x, mask.expand(target.shape).reshape(-1, 1) if mask is not None else None)
     w = weight.to(dtype) if weight is not None else None
     rows, w_y, counted = _index_rows(x, target.reshape(-1).long(), w, ignore_index, 0.0)
     if mask is not None:
@@ -514,7 +535,7 @@ def kl_div(
             stacklevel=2,
         )
     dtype = compute_dtype(input, target)
-    x, y = input.to(dtype), target.to(dtype)
+    x, y = keep(input.to(dtype), mask), keep(target.to(dtype), mask)
     loss = torch.exp(y) * (y - x) if log_target else torch.xlogy(y, y) - y * x
     out = reduce_loss(loss, reduction, mask=mask, normalizer=normalizer)
     if batchmean and input.dim() != 0:

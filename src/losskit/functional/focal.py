@@ -1,0 +1,268 @@
+"""Focal losses: cross-entropy that down-weights the examples a model already gets right.
+
+- :func:`sigmoid_focal_loss`: the binary (per-element, sigmoid) form of RetinaNet, with the
+  signature, defaults and numbers of ``torchvision.ops.sigmoid_focal_loss``.
+- :func:`focal_loss`: the multi-class (softmax) form, with class-index or probability targets
+  and the options of :func:`losskit.functional.cross_entropy` (``weight``, ``ignore_index``).
+
+With ``gamma = 0`` both are exactly the cross-entropy they modulate (and the gradient too).
+
+The modulating factor ``(1 - p)^gamma`` is computed from the complementary probability directly
+(``sigmoid(-x)``, ``-expm1(log p)``), never as ``1 - p``: that keeps it accurate where ``p`` is
+close to 1, and its gradient finite (never NaN) where it is exactly 0, for any ``gamma >= 0``.
+
+Reference: Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017
+(https://arxiv.org/abs/1708.02002).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _validate as V
+from .._reduction import as_normalizer, resolve, safe_divide
+from .._reduction import reduce as reduce_loss
+from ._common import compute_dtype, keep, result_dtype
+from .categorical import _flatten_classes, _index_target_shape, check_classification
+
+__all__ = ["focal_loss", "sigmoid_focal_loss"]
+
+
+def _modulate(one_minus_p: Tensor, gamma: float) -> Tensor:
+    """``(1 - p)^gamma`` with a finite gradient where ``1 - p`` is exactly 0.
+
+    ``x^gamma`` has an infinite derivative at 0 for ``gamma < 1``; the double ``where`` keeps the
+    value (0, or 1 for ``gamma = 0``) and gives those positions a zero gradient instead of NaN.
+    """
+    if gamma == 0.0:
+        return torch.ones_like(one_minus_p)
+    zero = one_minus_p == 0
+    safe = torch.where(zero, torch.ones_like(one_minus_p), one_minus_p)
+    return torch.where(zero, torch.zeros_like(one_minus_p), safe.pow(gamma))
+
+
+def check_alpha(alpha: object) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise V.LossTypeError(f"alpha must be a float, got {type(alpha).__name__}")
+    alpha = float(alpha)
+    if alpha != alpha or alpha > 1.0:
+        raise V.LossValueError(
+            f"alpha must be in [0, 1] (or negative to turn the class balancing off), got {alpha:g}"
+        )
+    return alpha
+
+
+def sigmoid_focal_loss(
+    inputs: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2,
+    reduction: str = "none",
+    *,
+    label_smoothing: float = 0.0,
+    mask: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+    validate: bool = True,
+) -> Tensor:
+    r"""Sigmoid focal loss (RetinaNet), a drop-in for ``torchvision.ops.sigmoid_focal_loss``.
+
+    With :math:`p = \sigma(x)`, :math:`p_t = p\,y + (1 - p)(1 - y)` and
+    :math:`\alpha_t = \alpha\,y + (1 - \alpha)(1 - y)`:
+
+    .. math::
+        \ell_i = \alpha_t\, (1 - p_t)^\gamma\, \mathrm{BCE}(x_i, y_i), \qquad
+        \mathrm{BCE}(x, y) = -[y \log \sigma(x) + (1 - y) \log(1 - \sigma(x))]
+
+    A negative ``alpha`` drops :math:`\alpha_t` (torchvision's ``alpha=-1``). With ``gamma = 0``
+    and a negative ``alpha`` this is exactly
+    ``binary_cross_entropy_with_logits(inputs, targets, reduction=...)``. Note the default
+    ``reduction='none'``, as in torchvision; in RetinaNet the summed loss is divided by the number
+    of positive anchors, which is ``reduction='mean', normalizer=num_positives``.
+
+    Args:
+        inputs: logits ``x``, any shape.
+        targets: ``y`` in [0, 1] (0 negative, 1 positive; soft labels allowed), the inputs' shape.
+        alpha: weight of the positives in [0, 1], or negative for no weighting. Default 0.25.
+        gamma: focusing exponent ``>= 0``. Default 2.
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'``. Default ``'none'``.
+        label_smoothing: keyword-only, in [0, 1]: targets become ``y (1 - eps) + eps / 2``
+            (before ``p_t`` and ``alpha_t`` are formed).
+        mask: keyword-only bool tensor broadcastable to the targets; False positions contribute 0
+            and leave the ``'mean'`` count.
+        normalizer: keyword-only; with ``'mean'``, divide the summed loss by this instead of the
+            count (0 gives 0).
+        validate: keyword-only; ``False`` skips the [0, 1] target check (one min/max pass).
+
+    Shape:
+        - Inputs: ``(*)``. Targets: ``(*)``, same shape.
+        - Output: scalar, or ``(*)`` with ``reduction='none'``.
+
+    Returns:
+        The loss, in the promoted dtype of inputs and targets.
+
+    Example:
+        >>> import torch, losskit.functional as LF
+        >>> x, y = torch.tensor([3.0, -1.0]), torch.tensor([1.0, 0.0])
+        >>> LF.sigmoid_focal_loss(x, y)
+        tensor([2.7321e-05, 1.6994e-02])
+        >>> bool(torch.allclose(LF.sigmoid_focal_loss(x, y, alpha=-1, gamma=0),
+        ...                     LF.binary_cross_entropy_with_logits(x, y, reduction="none")))
+        True
+    """
+    reduction = resolve(reduction)
+    alpha = check_alpha(alpha)
+    gamma = V.check_float_option("gamma", gamma, low=0.0)
+    label_smoothing = V.check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    V.require_floating("inputs", inputs, what="logits")
+    V.require_floating("targets", targets)
+    V.require_same_device("targets", targets, "inputs", inputs)
+    V.require_same_shape(inputs, targets, input_name="inputs", target_name="targets")
+    V.check_mask(mask, targets.shape, what="the targets")
+    V.check_normalizer(normalizer, reduction)
+    if validate:  # positions left out by the mask may hold anything (missing labels)
+        V.check_unit_interval("targets", keep(targets, mask), what="binary labels or probabilities")
+
+    dtype = compute_dtype(inputs, targets)
+    # masked positions are zeroed before any math: inf/NaN there reaches no value or gradient
+    x = keep(inputs.to(dtype), mask)
+    y = keep(targets.to(dtype), mask)
+    if label_smoothing > 0.0:
+        y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    # the BCE-with-logits term, exactly as binary_cross_entropy_with_logits forms it
+    loss = (1 - y) * x - torch.nn.functional.logsigmoid(x)
+    if gamma != 0.0:
+        # 1 - p_t = y (1 - p) + (1 - y) p, with 1 - p = sigmoid(-x) (no cancellation near p = 1)
+        one_minus_pt = y * torch.sigmoid(-x) + (1 - y) * torch.sigmoid(x)
+        loss = loss * _modulate(one_minus_pt, gamma)
+    if alpha >= 0:
+        loss = (alpha * y + (1 - alpha) * (1 - y)) * loss
+    out = reduce_loss(loss, reduction, mask=mask, normalizer=normalizer)
+    return out.to(result_dtype(inputs, targets))
+
+
+def focal_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    gamma: float = 2.0,
+    *,
+    mask: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+    validate: bool = True,
+) -> Tensor:
+    r"""Softmax focal loss for multi-class logits, with class-index or probability targets.
+
+    With :math:`p = \mathrm{softmax}(x)` over the class dimension and ``w`` the class weights,
+    for a class index ``y``:
+
+    .. math:: \ell_n = -w_{y_n}\, (1 - p_{n,y_n})^\gamma \log p_{n,y_n}
+
+    and for probabilities (or one-hot rows) ``t``:
+
+    .. math:: \ell_n = -\sum_c w_c\, t_{n,c}\, (1 - p_{n,c})^\gamma \log p_{n,c}
+
+    ``'mean'`` divides as :func:`~losskit.functional.cross_entropy` does: index targets by the
+    sum of the counted targets' weights (their count without weights), probability targets by
+    the number of counted positions. With ``gamma = 0`` this is exactly ``cross_entropy``.
+
+    Args:
+        input: logits, ``(N, C)``, ``(N, C, d1..dK)`` or unbatched ``(C,)``.
+        target: class indices ``(N)`` / ``(N, d1..dK)`` / ``()`` (integers), or probabilities of
+            the input's shape.
+        weight: optional ``(C,)`` class weights.
+        ignore_index: class index that is skipped (index targets only; use ``mask`` for
+            probability targets). Default -100.
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'``. Default ``'mean'``.
+        gamma: focusing exponent ``>= 0``. Default 2.
+        mask: keyword-only bool tensor over the target's positions (no class dimension); False
+            positions contribute 0 and leave the ``'mean'`` count.
+        normalizer: keyword-only; with ``'mean'``, divide the summed loss by this instead (0 gives
+            0).
+        validate: keyword-only; ``False`` skips the value checks (index range, probabilities).
+
+    Shape:
+        - Input: ``(C)``, ``(N, C)`` or ``(N, C, d1..dK)``.
+        - Target: ``()``, ``(N)`` or ``(N, d1..dK)`` of indices; or the input's shape.
+        - Output: scalar; with ``'none'`` the positions' shape ``()``, ``(N)`` or
+          ``(N, d1..dK)``.
+
+    Returns:
+        The loss, in the input's dtype.
+
+    Example:
+        >>> import torch, losskit.functional as LF
+        >>> logits, y = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0])
+        >>> LF.focal_loss(logits, y)
+        tensor(0.0109)
+        >>> bool(torch.allclose(LF.focal_loss(logits, y, gamma=0), LF.cross_entropy(logits, y)))
+        True
+    """
+    reduction = resolve(reduction)
+    gamma = V.check_float_option("gamma", gamma, low=0.0)
+    probabilities = check_classification(
+        input,
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        validate=validate,
+        allow_probabilities=True,
+        mask=mask,
+    )
+    if probabilities and ignore_index != -100:
+        raise V.LossValueError(
+            f"ignore_index={ignore_index} applies to class-index targets only; to leave out "
+            "positions of a probability target, pass mask= (True where the position counts)"
+        )
+    out_shape = _index_target_shape(input)
+    V.check_mask(mask, out_shape)
+    V.check_normalizer(normalizer, reduction)
+
+    tensors = [input] + ([target] if probabilities else [])
+    dtype = compute_dtype(*tensors)
+    kept = mask.expand(out_shape).reshape(-1, 1) if mask is not None else None
+    logp = torch.log_softmax(keep(_flatten_classes(input).to(dtype), kept), dim=1)
+    w = weight.to(dtype) if weight is not None else None
+    zero = torch.zeros((), dtype=dtype, device=logp.device)
+
+    if probabilities:
+        t = keep(_flatten_classes(target).to(dtype), kept)
+        tw = t * w if w is not None else t
+        if gamma != 0.0:
+            tw = tw * _modulate(-torch.expm1(logp), gamma)  # 1 - p = -expm1(log p)
+        rows = -(tw * logp).sum(1)
+        counted = None
+        w_y = None
+    else:
+        y = target.reshape(-1).long()
+        if mask is not None:  # masked positions may hold any index (padding)
+            y = torch.where(mask.expand(out_shape).reshape(-1), y, ignore_index)
+        counted = y != ignore_index
+        safe = torch.where(counted, y, torch.zeros_like(y))
+        logp_y = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+        w_y = w[safe] if w is not None else torch.ones_like(logp_y)
+        rows = w_y * -logp_y
+        if gamma != 0.0:
+            rows = rows * _modulate(-torch.expm1(logp_y), gamma)
+
+    if mask is not None:
+        m = mask.expand(out_shape).reshape(-1)
+        counted = m if counted is None else counted & m
+    if counted is not None:
+        rows = torch.where(counted, rows, zero)
+
+    if reduction == "none":
+        out = rows.reshape(out_shape)
+    elif reduction == "sum":
+        out = rows.sum()
+    elif normalizer is not None:
+        out = safe_divide(rows.sum(), as_normalizer(normalizer, rows))
+    elif w_y is not None:
+        out = rows.sum() / torch.where(counted, w_y, zero).sum()
+    elif counted is not None:
+        out = rows.sum() / counted.sum().to(dtype)
+    else:
+        out = rows.sum() / rows.numel()
+    return out.to(result_dtype(*tensors))
