@@ -1,0 +1,1 @@
+"""Fused loss kernels, one folder per backend (``cpu/``, ``triton/``); see CONTRACT.md."""

@@ -1,0 +1,1 @@
+"""Fused Triton paths (CUDA, or the interpreter with ``TRITON_INTERPRET=1``), one loss a file."""

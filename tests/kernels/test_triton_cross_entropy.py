@@ -1,0 +1,460 @@
+"""The Triton cross-entropy kernels, run in Triton's CPU interpreter, against torch.
+
+Every launch plan (``single``: the whole row in one program; ``split``: the cooperative chunked
+math of ``coop`` without the spin; ``rowloop``: two reads per row) is compared with
+``torch.nn.functional.cross_entropy`` where torch has the feature, and with the float64 formula
+:func:`reference` (written here in plain torch) for the losskit-only arguments (z_loss, softcap,
+mask, normalizer). Low-precision results must keep the error budget: no further from the float64
+truth than torch's own low-precision result (plus one rounding step). The cooperative spin itself
+needs a GPU; ``benchmarks/gpu_ce_kernel.py`` checks it there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+triton = pytest.importorskip("triton")
+
+import losskit.kernels.triton.cross_entropy as ce  # noqa: E402
+
+if not torch.cuda.is_available():
+    if type(triton.language.standard.max).__name__ != "InterpretedFunction":
+        # Triton's own library was defined before TRITON_INTERPRET=1 was set (something in this
+        # session imported triton first, e.g. torch._dynamo via losskit): the interpreter
+        # cannot run. Set TRITON_INTERPRET=1 in the environment (or in tests/conftest.py).
+        pytest.skip(
+            "triton was imported before TRITON_INTERPRET=1 was set; set it in the environment",
+            allow_module_level=True,
+        )
+    if not ce.INTERPRETED:  # only this module was imported without it: define the kernels again
+        ce = importlib.reload(ce)
+
+DEVICE = "cpu" if ce.INTERPRETED else "cuda"
+
+#: plans exercised in the interpreter, with small tiles so that rows span several of them
+PLANS = {
+    "single": {},
+    "split": {"chunk_max": 1024},
+    "rowloop": {"rowloop_block": 1024},
+}
+
+DEFAULTS = dict(
+    weight=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+    reduction="mean",
+    normalizer=None,
+    mask=None,
+    inplace_backward=False,
+    return_z_loss=False,
+)
+
+
+def fused(logits, target, impl="auto", plan=None, **kw):
+    """The launcher under test, with every contract argument defaulted."""
+    args = {**DEFAULTS, **kw}
+    return ce.cross_entropy_impl(logits, target, impl=impl, **(plan or {}), **args)
+
+
+def reference(logits, target, *, terms=False, **kw):
+    """The contract's formula in plain torch (run it in float64 for the truth).
+
+    ``terms=True`` returns (loss, z term) reduced the same way.
+    """
+    a = {**DEFAULTS, **kw}
+    z = logits
+    n, v = z.shape
+    if a["softcap"] is not None:
+        z = a["softcap"] * torch.tanh(z / a["softcap"])
+    lse = z.logsumexp(1)
+    w = torch.ones(v, dtype=z.dtype) if a["weight"] is None else a["weight"].to(z.dtype)
+    valid = target != a["ignore_index"]
+    if a["mask"] is not None:
+        valid = valid & a["mask"]
+    t = torch.where(valid, target, 0)
+    eps = a["label_smoothing"]
+    ce_rows = (1 - eps) * w[t] * (lse - z.gather(1, t[:, None])[:, 0])
+    ce_rows = ce_rows + eps / v * ((lse[:, None] - z) * w).sum(1)
+    z_rows = a["z_loss"] * lse**2
+    rows = torch.where(valid, ce_rows + z_rows, 0)
+    z_rows = torch.where(valid, z_rows, 0)
+
+    def reduce(r):
+        if a["reduction"] == "none":
+            return r
+        if a["reduction"] == "sum":
+            return r.sum()
+        if a["normalizer"] is not None:
+            d = a["normalizer"].to(r.dtype)
+            return torch.where(d != 0, r.sum() / d, torch.zeros_like(d))
+        return r.sum() / (w[t] * valid).sum()
+
+    return (reduce(rows), reduce(z_rows)) if terms else reduce(rows)
+
+
+def torch_lowp(logits, target, **kw):
+    """What torch computes in the logits' own dtype: F.cross_entropy (+ the extra terms)."""
+    a = {**DEFAULTS, **kw}
+    plain = a["z_loss"] == 0 and a["softcap"] is None and a["mask"] is None
+    w = None if a["weight"] is None else a["weight"].to(logits.dtype)
+    torch_kw = dict(weight=w, ignore_index=a["ignore_index"], label_smoothing=a["label_smoothing"])
+    if plain and a["normalizer"] is None:
+        return F.cross_entropy(logits, target, reduction=a["reduction"], **torch_kw)
+    return reference(logits, target, **{**kw, "weight": w})
+
+
+def assert_within_budget(actual, torch_lowp, truth, *, ulps=1.0, what="value"):
+    """Low precision: ``actual`` is elementwise no further from the float64 ``truth`` than torch's
+    own low-precision result, plus ``ulps`` rounding steps of the dtype at the true value.
+
+    One step covers the fused path's single rounding (float32 math, rounded once). With an
+    upstream gradient other than 1 the backward rescales the already-rounded gradient (a second
+    rounding), so those checks allow two.
+    """
+    assert actual.shape == torch_lowp.shape == truth.shape, what
+    assert actual.dtype == torch_lowp.dtype, what
+    finite = truth.isfinite()
+    torch.testing.assert_close(actual.double()[~finite], truth[~finite], equal_nan=True)
+    err_ours = (actual.double() - truth).abs()[finite]
+    err_theirs = (torch_lowp.double() - truth).abs()[finite].nan_to_num(nan=torch.inf)
+    info = torch.finfo(actual.dtype)
+    budget = err_theirs + ulps * info.eps * truth.abs()[finite] + info.tiny
+    if err_ours.numel():
+        worst = (err_ours - budget).argmax()
+        assert bool((err_ours <= budget).all()), (
+            f"{what}: fused {actual.dtype} error {err_ours[worst].item():.3g} exceeds torch's "
+            f"{err_theirs[worst].item():.3g} (+{ulps} ulp) at flat position {worst.item()}"
+        )
+
+
+def run(fn, logits, target, upstream=None, **kw):
+    """Forward and backward of ``fn``; returns (loss, grad of the logits, upstream used).
+
+    The default upstream gradient is 1 for a scalar loss and random in [0.5, 1.5) per row for
+    ``reduction='none'``.
+    """
+    x = logits.detach().clone().requires_grad_(True)
+    out = fn(x, target, **kw)
+    if upstream is None:
+        gen = torch.Generator().manual_seed(7)
+        upstream = torch.rand(out.shape, generator=gen, dtype=torch.float64) + 0.5
+        if out.dim() == 0:
+            upstream = torch.ones((), dtype=torch.float64)
+    out.backward(upstream.to(out.dtype).to(out.device))
+    return out.detach(), x.grad, upstream
+
+
+def make_inputs(n, v, dtype, *, seed=0, scale=3.0, ignore=True):
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, v, generator=gen) * scale).to(dtype).to(DEVICE)
+    target = torch.randint(0, v, (n,), generator=gen).to(DEVICE)
+    if ignore and n > 2:
+        target[1] = -100
+    return logits, target
+
+
+def feature_case(name, n, v, *, seed=0):
+    gen = torch.Generator().manual_seed(seed + 1)
+    cases = {
+        "plain": dict(reduction="mean"),
+        "torch-features": dict(
+            weight=torch.rand(v, generator=gen) + 0.1, label_smoothing=0.1, reduction="sum"
+        ),
+        "losskit-features": dict(
+            z_loss=1e-3, softcap=5.0, mask=torch.rand(n, generator=gen) > 0.3, reduction="none"
+        ),
+        "everything": dict(
+            weight=torch.rand(v, generator=gen) + 0.1,
+            label_smoothing=0.2,
+            z_loss=1e-2,
+            softcap=4.0,
+            mask=torch.rand(n, generator=gen) > 0.2,
+            normalizer=torch.tensor(3.5),
+            reduction="mean",
+        ),
+    }
+    kw = cases[name]
+    return {k: (v_.to(DEVICE) if isinstance(v_, torch.Tensor) else v_) for k, v_ in kw.items()}
+
+
+def check(logits, target, impl, plan, **kw):
+    """Fused vs torch: float32 to tolerance, low precision to the error budget."""
+    out, grad, up = run(fused, logits, target, impl=impl, plan=plan, **kw)
+    assert out.dtype == logits.dtype and grad.dtype == logits.dtype
+    assert grad.shape == logits.shape and grad.stride() == (logits.shape[1], 1)
+    cpu = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    x64 = logits.detach().cpu().double()
+    kw64 = {
+        k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v)
+        for k, v in cpu.items()
+    }
+    truth, truth_grad, _ = run(reference, x64, target.cpu(), upstream=up, **kw64)
+    if logits.dtype == torch.float32:
+        torch.testing.assert_close(out.cpu().double(), truth, rtol=2e-5, atol=2e-5, equal_nan=True)
+        torch.testing.assert_close(grad.cpu().double(), truth_grad, rtol=2e-5, atol=2e-6)
+        # and torch itself (fp32), for the arguments torch has
+        theirs, theirs_grad, _ = run(torch_lowp, logits.cpu(), target.cpu(), upstream=up, **cpu)
+        torch.testing.assert_close(out.cpu(), theirs, rtol=2e-5, atol=2e-5, equal_nan=True)
+        torch.testing.assert_close(grad.cpu(), theirs_grad, rtol=2e-5, atol=2e-6)
+    else:
+        theirs, theirs_grad, _ = run(torch_lowp, logits.cpu(), target.cpu(), upstream=up, **cpu)
+        ulps = 1.0 if out.dim() == 0 else 2.0
+        assert_within_budget(out.cpu(), theirs, truth, what="forward")
+        assert_within_budget(grad.cpu(), theirs_grad, truth_grad, ulps=ulps, what="gradient")
+    return out, grad
+
+
+# --------------------------------------------------------------------------------------------
+# parity
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", ["plain", "torch-features", "losskit-features", "everything"])
+@pytest.mark.parametrize("impl", list(PLANS))
+def test_parity_every_feature(impl, case, dtype):
+    logits, target = make_inputs(6, 4097, dtype)
+    check(logits, target, impl, PLANS[impl], **feature_case(case, 6, 4097))
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("v", [1, 3, 5])
+@pytest.mark.parametrize("impl", list(PLANS))
+def test_tiny_vocabularies(impl, v, reduction):
+    logits, target = make_inputs(5, v, torch.float32)
+    plan = {"chunk_max": 2} if impl == "split" else PLANS[impl]  # V=5: 3 chunks of 2, 2, 1
+    kw = feature_case("everything", 5, v)
+    kw["reduction"] = reduction
+    kw.pop("normalizer") if reduction != "mean" else None
+    check(logits, target, impl, plan, **kw)
+
+
+@pytest.mark.parametrize("impl", ["auto", "single", "split"])
+def test_vocab_32003(impl):
+    """An odd vocabulary near the single-program limit (auto is rowloop in the interpreter)."""
+    logits, target = make_inputs(3, 32003, torch.bfloat16, ignore=False)
+    out, _ = check(logits, target, impl, {}, label_smoothing=0.1)
+    if impl == "split":
+        assert ce.make_plan(32003, torch.device(DEVICE), "split").chunks == 2
+
+
+@pytest.mark.parametrize("impl", list(PLANS))
+def test_strided_rows_and_input_untouched(impl):
+    """Rows of a wider tensor (stride(0) != V); the caller's logits are never modified."""
+    wide, target = make_inputs(6, 4120, torch.bfloat16)
+    logits = wide[:, 11 : 11 + 4097]
+    assert logits.stride() == (4120, 1)
+    before = wide.clone()
+    check(logits, target, impl, PLANS[impl], **feature_case("everything", 6, 4097))
+    assert torch.equal(wide, before)
+
+
+def test_reference_matches_torch_in_float64():
+    """The test's own formula is torch's cross-entropy where torch has the arguments."""
+    logits, target = make_inputs(7, 11, torch.float64)
+    w = torch.rand(11, dtype=torch.float64) + 0.1
+    for red in ("none", "mean", "sum"):
+        kw = dict(weight=w, label_smoothing=0.15, reduction=red)
+        torch.testing.assert_close(
+            reference(logits, target, **kw), F.cross_entropy(logits, target, **kw)
+        )
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(0, 6),
+    v=st.integers(1, 600),
+    impl=st.sampled_from(["single", "split", "rowloop"]),
+    tile=st.sampled_from([2, 64, 256]),
+    reduction=st.sampled_from(["none", "mean", "sum"]),
+    smoothing=st.sampled_from([0.0, 0.3]),
+    z_loss=st.sampled_from([0.0, 1e-2]),
+    softcap=st.sampled_from([None, 3.0]),
+    weighted=st.booleans(),
+    masked=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_and_arguments(
+    n, v, impl, tile, reduction, smoothing, z_loss, softcap, weighted, masked, seed
+):
+    """Random shapes, tiles and arguments (float32) equal the float64 formula and torch."""
+    logits, target = make_inputs(n, v, torch.float32, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    kw = dict(reduction=reduction, label_smoothing=smoothing, z_loss=z_loss, softcap=softcap)
+    if weighted:
+        kw["weight"] = torch.rand(v, generator=gen) + 0.1
+    if masked:
+        kw["mask"] = torch.rand(n, generator=gen) > 0.3
+    plan = {"split": {"chunk_max": tile}, "rowloop": {"rowloop_block": tile}}.get(impl, {})
+    if n == 0 and reduction == "mean":
+        out = fused(logits, target, impl=impl, plan=plan, **kw)
+        assert out.isnan()  # like torch: an empty mean
+        return
+    check(logits, target, impl, plan, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# edge cases
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_empty_batch(reduction):
+    logits = torch.randn(0, 7, device=DEVICE, requires_grad=True)
+    target = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    out = fused(logits, target, reduction=reduction)
+    expected = F.cross_entropy(logits.detach(), target, reduction=reduction)
+    torch.testing.assert_close(out.detach(), expected, equal_nan=True)
+    out.sum().backward()
+    assert logits.grad.shape == (0, 7)
+
+
+def test_all_rows_ignored_mean_is_nan_like_torch():
+    logits, target = make_inputs(4, 9, torch.float32)
+    target.fill_(-100)
+    out, grad, _ = run(fused, logits, target)
+    ref, ref_grad, _ = run(F.cross_entropy, logits, target)
+    assert out.isnan() and ref.isnan()
+    torch.testing.assert_close(grad, ref_grad)  # zeros
+
+
+def test_zero_normalizer_gives_zero():
+    logits, target = make_inputs(4, 9, torch.float32)
+    out, grad, _ = run(fused, logits, target, normalizer=torch.tensor(0.0))
+    assert out.item() == 0.0 and not grad.any()
+
+
+@pytest.mark.parametrize("impl", list(PLANS))
+def test_mask_equals_slicing(impl):
+    logits, target = make_inputs(8, 300, torch.float32)
+    mask = torch.tensor([1, 0, 1, 1, 0, 1, 0, 1], dtype=torch.bool)
+    plan = {"split": {"chunk_max": 128}, "rowloop": {"rowloop_block": 128}}.get(impl, {})
+    kw = dict(label_smoothing=0.1, z_loss=1e-3, reduction="mean")
+    out, grad, _ = run(fused, logits, target, impl=impl, plan=plan, mask=mask, **kw)
+    sl_out, sl_grad, _ = run(fused, logits[mask], target[mask], impl=impl, plan=plan, **kw)
+    torch.testing.assert_close(out, sl_out)
+    torch.testing.assert_close(grad[mask], sl_grad)
+    assert not grad[~mask].any()
+
+
+def test_return_z_loss():
+    logits, target = make_inputs(6, 50, torch.float32)
+    kw = dict(z_loss=0.05, label_smoothing=0.1, reduction="sum")
+    x = logits.clone().requires_grad_(True)
+    loss, zterm = fused(x, target, return_z_loss=True, **kw)
+    ref_loss, ref_z = reference(logits.double(), target, terms=True, **kw)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(zterm.double(), ref_z, rtol=1e-5, atol=1e-6)
+    assert not zterm.requires_grad and loss.requires_grad
+    loss.backward()
+    x64 = logits.double().requires_grad_(True)
+    reference(x64, target, **kw).backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_upstream_gradients(reduction):
+    """grad_output == 1 skips the scaling; other values (per row for 'none') scale exactly."""
+    logits, target = make_inputs(5, 70, torch.float32)
+    x = logits.clone().requires_grad_(True)
+    out = fused(x, target, reduction=reduction)
+    out.sum().backward()  # 'none': an expanded (stride 0) upstream of ones
+    r = logits.clone().requires_grad_(True)
+    F.cross_entropy(r, target, reduction=reduction).sum().backward()
+    torch.testing.assert_close(x.grad, r.grad)
+    x.grad = r.grad = None
+    (fused(x, target, reduction=reduction) * 2.5).sum().backward()
+    (F.cross_entropy(r, target, reduction=reduction) * 2.5).sum().backward()
+    torch.testing.assert_close(x.grad, r.grad)
+
+
+def test_no_grad_computes_loss_only_and_never_writes_logits():
+    logits, target = make_inputs(4, 33, torch.float32)
+    x = logits.clone().requires_grad_(True)
+    with torch.no_grad():
+        out = fused(x, target, inplace_backward=True)
+    torch.testing.assert_close(out, F.cross_entropy(logits, target))
+    assert torch.equal(x.detach(), logits)
+
+
+def test_second_backward_raises():
+    logits, target = make_inputs(4, 33, torch.float32)
+    x = logits.clone().requires_grad_(True)
+    out = fused(x, target)
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        out.backward()
+
+
+# --------------------------------------------------------------------------------------------
+# inplace_backward
+# --------------------------------------------------------------------------------------------
+
+
+def test_inplace_backward_correct_through_a_linear_layer():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 16, generator=gen).requires_grad_(True)
+    w = torch.randn(40, 16, generator=gen).requires_grad_(True)
+    target = torch.randint(0, 40, (6,), generator=gen)
+    logits = x @ w.T
+    loss = fused(logits, target, inplace_backward=True, label_smoothing=0.1)
+    loss.backward()
+    x2, w2 = x.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    ref = F.cross_entropy(x2 @ w2.T, target, label_smoothing=0.1)
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(w.grad, w2.grad)
+
+
+def test_inplace_backward_makes_other_users_of_the_logits_fail():
+    x = torch.randn(4, 10, requires_grad=True)
+    target = torch.randint(0, 10, (4,))
+    h = x.tanh()  # tanh saves its output h for its backward
+    loss = fused(h, target, inplace_backward=True)
+    total = loss + (h * h).sum()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        total.backward()
+
+
+def test_out_of_place_keeps_other_users_correct():
+    x = torch.randn(4, 10, requires_grad=True)
+    target = torch.randint(0, 10, (4,))
+    h = x.tanh()
+    (fused(h, target) + (h * h).sum()).backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    h2 = x2.tanh()
+    (F.cross_entropy(h2, target) + (h2 * h2).sum()).backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+# --------------------------------------------------------------------------------------------
+# plans
+# --------------------------------------------------------------------------------------------
+
+
+def test_plans():
+    cpu = torch.device(DEVICE)
+    assert ce.make_plan(1000, cpu).impl == "single"
+    long_row = ce.make_plan(128256, cpu)
+    if ce.INTERPRETED:  # the cooperative spin would never end when programs run one by one
+        assert long_row.impl == "rowloop"
+        with pytest.raises(ValueError, match="not safe"):
+            ce.make_plan(128256, cpu, "coop")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ce.make_plan(10, cpu, "fast")
+    for v in [1, 2, 3, 5, 9, 1023, 1025, 4097, 32000, 32003, 128256, 256000]:
+        for chunk_max in (2, 4, 1024, 16384):
+            s, cw, block = ce._chunking(v, chunk_max)
+            assert cw <= chunk_max and block >= cw and (s - 1) * cw < v <= s * cw, (v, chunk_max)
