@@ -18,11 +18,14 @@ __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
+    "FocalLoss",
     "HuberLoss",
     "KLDivLoss",
     "L1Loss",
+    "LinearCrossEntropyLoss",
     "MSELoss",
     "NLLLoss",
+    "SigmoidFocalLoss",
     "SmoothL1Loss",
 ]
 
@@ -246,3 +249,174 @@ class KLDivLoss(nn.Module):
                 normalizer: float | Tensor | None = None) -> Tensor:
         return LF.kl_div(input, target, reduction=self.reduction, log_target=self.log_target,
                          mask=mask, normalizer=normalizer)
+
+
+class SigmoidFocalLoss(_Loss):
+    """Sigmoid focal loss (RetinaNet); see :func:`losskit.functional.sigmoid_focal_loss`.
+
+    The defaults are torchvision's, including ``reduction='none'``.
+
+    Example:
+        >>> import torch, losskit
+        >>> loss = losskit.SigmoidFocalLoss(reduction="sum")
+        >>> loss(torch.tensor([3.0, -1.0]), torch.tensor([1.0, 0.0]))
+        tensor(0.0170)
+    """
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2, reduction: str = "none", *,
+                 label_smoothing: float = 0.0, validate: bool = True) -> None:
+        super().__init__(reduction=reduction)
+        self.alpha = LF.focal.check_alpha(alpha)
+        self.gamma = V.check_float_option("gamma", gamma, low=0.0)
+        self.label_smoothing = V.check_float_option("label_smoothing", label_smoothing,
+                                                    low=0.0, high=1.0)
+        self.validate = validate
+
+    def _options(self) -> dict:
+        return {"alpha": self.alpha, "gamma": self.gamma, "reduction": self.reduction,
+                "label_smoothing": self.label_smoothing}
+
+    def forward(self, inputs: Tensor, targets: Tensor, *, mask: Tensor | None = None,
+                normalizer: float | Tensor | None = None) -> Tensor:
+        return LF.sigmoid_focal_loss(inputs, targets, alpha=self.alpha, gamma=self.gamma,
+                                     reduction=self.reduction,
+                                     label_smoothing=self.label_smoothing, mask=mask,
+                                     normalizer=normalizer, validate=self.validate)
+
+
+class FocalLoss(_WeightedLoss):
+    """Softmax focal loss for multi-class logits; see :func:`losskit.functional.focal_loss`.
+
+    Example:
+        >>> import torch, losskit
+        >>> loss = losskit.FocalLoss(gamma=2.0)
+        >>> loss(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]))
+        tensor(0.0109)
+    """
+
+    def __init__(self, weight: Tensor | None = None, ignore_index: int = -100,
+                 reduction: str = "mean", gamma: float = 2.0, *, validate: bool = True) -> None:
+        super().__init__(weight, reduction=reduction)
+        self.ignore_index = ignore_index
+        self.gamma = V.check_float_option("gamma", gamma, low=0.0)
+        self.validate = validate
+
+    def _options(self) -> dict:
+        return {"reduction": self.reduction, "ignore_index": self.ignore_index,
+                "gamma": self.gamma}
+
+    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
+                normalizer: float | Tensor | None = None) -> Tensor:
+        return LF.focal_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                             reduction=self.reduction, gamma=self.gamma, mask=mask,
+                             normalizer=normalizer, validate=self.validate)
+
+
+class LinearCrossEntropyLoss(_Loss):
+    """A linear head and cross-entropy in one, never holding the logits; see
+    :func:`losskit.functional.linear_cross_entropy`.
+
+    Holds the head as ``self.linear`` (an ``nn.Linear(in_features, num_classes)``) and the class
+    ``weight`` as a buffer, as ``torch.nn.LinearCrossEntropyLoss`` does. To put the loss on a head
+    that already exists (a language model's ``lm_head``), use :meth:`from_linear`: it shares the
+    head's Parameters instead of copying them.
+
+    Example:
+        >>> import torch, losskit
+        >>> loss = losskit.LinearCrossEntropyLoss(16, 100)
+        >>> x, y = torch.randn(2, 5, 16), torch.randint(0, 100, (2, 5))
+        >>> loss(x, y).shape
+        torch.Size([])
+        >>> head = torch.nn.Linear(16, 100, bias=False)
+        >>> shared = losskit.LinearCrossEntropyLoss.from_linear(head, memory_budget="lean")
+        >>> shared.linear.weight is head.weight
+        True
+    """
+
+    def __init__(self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (),
+                 bias: bool = False, device=None, dtype=None, reduction: str = "mean",
+                 weight: Tensor | None = None, ignore_index: int | None = None,
+                 label_smoothing: float = 0.0, options: object | None = None,
+                 z_loss: float = 0.0, softcap: float | None = None, impl: str = "auto",
+                 chunk_size: int | None = None, memory_budget: int | str = "default",
+                 accumulate: str = "auto", validate: bool = True) -> None:
+        if tuple(out_features) != ():
+            raise V.LossValueError(
+                f"out_features={tuple(out_features)!r}: K-dimensional heads are not supported; "
+                "flatten the extra dimensions into the classes"
+            )
+        linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
+        self._setup(linear, reduction=reduction, weight=weight, ignore_index=ignore_index,
+                    label_smoothing=label_smoothing, options=options, z_loss=z_loss,
+                    softcap=softcap, impl=impl, chunk_size=chunk_size,
+                    memory_budget=memory_budget, accumulate=accumulate, validate=validate)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, reduction: str = "mean",
+                    weight: Tensor | None = None, ignore_index: int | None = None,
+                    label_smoothing: float = 0.0, z_loss: float = 0.0,
+                    softcap: float | None = None, impl: str = "auto",
+                    chunk_size: int | None = None, memory_budget: int | str = "default",
+                    accumulate: str = "auto", validate: bool = True) -> LinearCrossEntropyLoss:
+        """The loss on an existing ``nn.Linear`` head, sharing (not copying) its Parameters."""
+        if not isinstance(linear, nn.Linear):
+            raise V.LossTypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        obj = cls.__new__(cls)
+        obj._setup(linear, reduction=reduction, weight=weight, ignore_index=ignore_index,
+                   label_smoothing=label_smoothing, options=None, z_loss=z_loss,
+                   softcap=softcap, impl=impl, chunk_size=chunk_size,
+                   memory_budget=memory_budget, accumulate=accumulate, validate=validate)
+        return obj
+
+    def _setup(self, linear: nn.Linear, *, reduction: str, weight: Tensor | None,
+               ignore_index: int | None, label_smoothing: float, options: object | None,
+               z_loss: float, softcap: float | None, impl: str, chunk_size: int | None,
+               memory_budget: int | str, accumulate: str, validate: bool) -> None:
+        _Loss.__init__(self, reduction=reduction)
+        LF.linear._check_options(impl, chunk_size, memory_budget, accumulate)
+        if weight is not None:
+            V.require_tensor("weight", weight)
+        self.linear = linear
+        self.register_buffer("weight", weight)
+        self.weight: Tensor | None
+        self.ignore_index = ignore_index
+        self.label_smoothing = V.check_float_option("label_smoothing", label_smoothing,
+                                                    low=0.0, high=1.0)
+        self.z_loss = V.check_float_option("z_loss", z_loss, low=0.0)
+        if softcap is not None:
+            softcap = V.check_float_option("softcap", softcap, low=0.0, low_open=True)
+        self.softcap = softcap
+        self.options = options
+        self.impl = impl
+        self.chunk_size = chunk_size
+        self.memory_budget = memory_budget
+        self.accumulate = accumulate
+        self.validate = validate
+
+    def _options(self) -> dict:
+        opts = {"in_features": self.linear.in_features, "num_classes": self.linear.out_features,
+                "bias": self.linear.bias is not None, "reduction": self.reduction}
+        if self.ignore_index is not None:
+            opts["ignore_index"] = self.ignore_index
+        if self.label_smoothing:
+            opts["label_smoothing"] = self.label_smoothing
+        if self.z_loss:
+            opts["z_loss"] = self.z_loss
+        if self.softcap is not None:
+            opts["softcap"] = self.softcap
+        for name, default in (("impl", "auto"), ("chunk_size", None),
+                              ("memory_budget", "default"), ("accumulate", "auto")):
+            if getattr(self, name) != default:
+                opts[name] = getattr(self, name)
+        return opts
+
+    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
+                normalizer: float | Tensor | None = None) -> Tensor:
+        return LF.linear_cross_entropy(
+            input, self.linear.weight, target, linear_bias=self.linear.bias, weight=self.weight,
+            reduction=self.reduction, ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing, options=self.options, z_loss=self.z_loss,
+            softcap=self.softcap, normalizer=normalizer, mask=mask, impl=self.impl,
+            chunk_size=self.chunk_size, memory_budget=self.memory_budget,
+            accumulate=self.accumulate, validate=self.validate,
+        )

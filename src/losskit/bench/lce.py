@@ -1,0 +1,357 @@
+"""``losskit bench lce``: linear + cross-entropy (hidden states ``x``, head ``W``), side by side.
+
+Forward+backward of ``cross_entropy(x @ W.T, y)`` with ``x`` ``(N, D)``, ``W`` ``(V, D)``, all
+implementations in one run on the same inputs (peers only when importable, never vendored):
+
+- ``three GEMMs``: the logits, ``dX`` and ``dW`` GEMMs alone (``6 N D V`` flops): the practical
+  floor of any exact implementation; the ratios are to its median in the same run;
+- ``torch eager``: ``F.cross_entropy(F.linear(x, W), y)`` (logits in the input dtype) and, for
+  low precision, ``torch eager, fp32 logits`` (``.float()`` first, what many scripts do);
+- ``torch linear_cross_entropy``: torch's chunked path (``options=LinearCrossEntropyOptions()``),
+  where the installed torch has it;
+- ``losskit default`` / ``losskit lean``: :func:`losskit.functional.linear_cross_entropy` with
+  ``memory_budget='default'`` / ``'lean'``;
+- on CUDA, when installed: Liger's fused linear cross-entropy, and Cut Cross-Entropy with its
+  default (gradient filtering: approximate) and exact (``filter_eps=None``) settings.
+
+Columns: median and min ms, extra MiB (peak above the inputs, including the returned gradients;
+the note gives the part beyond the gradients), ratio to the three GEMMs and to torch eager.
+Goals printed at the end: on the CPU (2 cores, float32, 4096 x 1024 x 32000) losskit default
+<= 1.15x the three GEMMs with <= 64 MiB beyond the gradients; on CUDA (bf16) default <= 1.10x
+with <= 1 GiB, lean <= 1.40x with <= 64 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _common as C
+
+IMPLS = {
+    "gemms": "three GEMMs",
+    "torch": "torch eager",
+    "torch-float": "torch eager, fp32 logits",
+    "torch-lce": "torch linear_cross_entropy",
+    "default": "losskit default",
+    "lean": "losskit lean",
+    "liger": "liger fused linear CE",
+    "cce": "cut cross-entropy (filtering)",
+    "cce-exact": "cut cross-entropy, exact",
+}
+FLOOR = IMPLS["gemms"]
+BASELINE = IMPLS["torch"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_SHAPES = {
+    "cpu": [(4096, 1024, 32000)],
+    "cuda": [(8192, 4096, 128256), (8192, 2304, 256000)],
+}
+QUICK_SHAPES = {"cpu": [(512, 256, 8000)], "cuda": [(2048, 1024, 32000)]}
+#: (device, implementation key) -> (max ratio to the three GEMMs, max MiB beyond the gradients)
+GOALS = {
+    ("cpu", "default"): (1.15, 64.0),
+    ("cuda", "default"): (1.10, 1024.0),
+    ("cuda", "lean"): (1.40, 64.0),
+}
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"N,D,V"`` -> ``(N, D, V)`` for argparse."""
+    try:
+        n, d, v = (int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,D,V (three integers), got {text!r}") from None
+    if min(n, d, v) < 1:
+        raise argparse.ArgumentTypeError(f"expected N, D, V >= 1, got {text!r}")
+    return n, d, v
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``losskit bench lce``."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default=None,
+        help="dtype of x and W (default: float32 on cpu, bfloat16 on cuda)",
+    )
+    parser.add_argument(
+        "--shape",
+        type=parse_shape,
+        action="append",
+        default=None,
+        metavar="N,D,V",
+        help="tokens, hidden size, classes; repeat for several (default: cpu 4096,1024,32000; "
+        "cuda 8192,4096,128256 and 8192,2304,256000; --quick: cpu 512,256,8000, cuda "
+        "2048,1024,32000)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed calls per implementation (default 3 on cpu, 10 on cuda; --quick 2)",
+    )
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 1)")
+    parser.add_argument(
+        "--impls",
+        default=None,
+        help=f"comma-separated subset of {','.join(IMPLS)} (default: all that apply)",
+    )
+    parser.add_argument(
+        "--memory",
+        choices=("subprocess", "inprocess", "off"),
+        default=None,
+        help="CPU peak memory: a fresh process per implementation (default), this process "
+        "(--quick's default), or not at all; CUDA always measures in this process",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="folder for lce.csv and lce.png")
+    parser.add_argument("--quick", action="store_true", help="small default shape, 2 repeats")
+
+
+# --------------------------------------------------------------------------------------------
+# the implementations
+# --------------------------------------------------------------------------------------------
+
+
+def applies(key: str, device: str, dtype: torch.dtype) -> str:
+    """'' when implementation ``key`` applies to this device and dtype, else why not."""
+    if key == "torch-float" and dtype == torch.float32:
+        return "x and W are float32 already: same as torch eager"
+    if key == "torch-lce" and not (
+        hasattr(F, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions")
+    ):
+        return f"torch {torch.__version__} has no F.linear_cross_entropy"
+    peer = {"liger": "liger_kernel", "cce": "cut_cross_entropy", "cce-exact": "cut_cross_entropy"}
+    if key in peer:
+        if device != "cuda":
+            return f"{peer[key]} runs on CUDA only"
+        if importlib.util.find_spec(peer[key]) is None:
+            return f"{peer[key]} is not installed"
+    return ""
+
+
+def inputs(params: dict) -> tuple[Tensor, Tensor, Tensor]:
+    """x ``(N, D)`` N(0, 1), W ``(V, D)`` scaled so the logits have std 3, targets; seeded."""
+    device = torch.device(params["device"])
+    dtype = DTYPES[params["dtype"]]
+    gen = torch.Generator(device=device).manual_seed(params.get("seed", 0))
+    n, d, v = params["n"], params["d"], params["v"]
+    x = torch.randn(n, d, generator=gen, device=device).to(dtype)
+    w = (torch.randn(v, d, generator=gen, device=device) * (3.0 / d**0.5)).to(dtype)
+    y = torch.randint(0, v, (n,), generator=gen, device=device)
+    return x, w, y
+
+
+def _loss_fn(key: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    import losskit.functional as LF
+
+    if key == "torch":
+        return lambda x, w, y: F.cross_entropy(F.linear(x, w), y)
+    if key == "torch-float":
+        return lambda x, w, y: F.cross_entropy(F.linear(x, w).float(), y)
+    if key == "torch-lce":
+        options = torch.nn.LinearCrossEntropyOptions()
+        return lambda x, w, y: F.linear_cross_entropy(x, w, y, options=options)
+    if key == "default":
+        return lambda x, w, y: LF.linear_cross_entropy(x, w, y)
+    if key == "lean":
+        return lambda x, w, y: LF.linear_cross_entropy(x, w, y, memory_budget="lean")
+    if key == "liger":
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        return lambda x, w, y: liger_fused_linear_cross_entropy(x, w, y)
+    if key in ("cce", "cce-exact"):
+        from cut_cross_entropy import linear_cross_entropy as cce
+
+        if key == "cce":
+            return lambda x, w, y: cce(x, w, y)
+        return lambda x, w, y: cce(x, w, y, filter_eps=None)
+    raise KeyError(key)
+
+
+def build(key: str, x0: Tensor, w0: Tensor, y: Tensor) -> C.Case:
+    """The :class:`Case` of implementation ``key`` on these inputs."""
+    name = IMPLS[key]
+    if key == "gemms":
+        # outputs allocated once: the floor is the arithmetic, not first-touch page faults
+        z = torch.empty(x0.shape[0], w0.shape[0], dtype=x0.dtype, device=x0.device)
+        dx, dw = torch.empty_like(x0), torch.empty_like(w0)
+
+        def gemms() -> None:
+            with torch.no_grad():
+                torch.mm(x0, w0.t(), out=z)
+                torch.mm(z, w0, out=dx)
+                torch.mm(z.t(), x0, out=dw)
+
+        return C.Case(name, gemms, None, "logits, dX, dW into preallocated outputs: the floor")
+    x = x0.detach().requires_grad_()
+    w = w0.detach().requires_grad_()
+    fn = _loss_fn(key)
+
+    def prepare() -> None:
+        x.grad = w.grad = None
+
+    def step() -> None:
+        fn(x, w, y).backward()
+
+    note = {"cce": "approximate gradients (filtered)", "liger": "", "cce-exact": ""}.get(key, "")
+    return C.Case(name, step, prepare, note)
+
+
+def make_case(key: str, params: dict) -> C.Case:
+    """For the memory child process: implementation ``key`` on fresh inputs from ``params``."""
+    x, w, y = inputs(params)
+    return build(key, x, w, y)
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------
+
+
+def _device_line(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"device: CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def _plans_line(n: int, d: int, v: int, dtype: torch.dtype, device: torch.device) -> str:
+    from ..kernels.cpu.linear_cross_entropy import BUDGETS, plan_chunks
+
+    parts = []
+    for setting in ("default", "lean"):
+        budget = BUDGETS[("cuda" if device.type == "cuda" else "cpu", setting)]
+        p = plan_chunks(n, d, v, dtype, device.type, budget=budget)
+        tiles = "" if p.whole_rows(v) else f", vocabulary tiles of {p.tile}"
+        parts.append(f"{setting}: chunks of {p.rows} rows{tiles}, dW accumulated in {p.accumulate}")
+    return "losskit plans: " + "; ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("losskit bench lce: --device cuda but torch sees no CUDA device")
+        return 2
+    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    dtype = DTYPES[dtype_name]
+    shapes = args.shape or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)[device.type]
+    repeats = args.repeats or (2 if args.quick else (10 if device.type == "cuda" else 3))
+    warmup = args.warmup if args.warmup is not None else 1
+    if args.impls:
+        keys = [k.strip() for k in args.impls.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in IMPLS]
+        if unknown:
+            print(f"losskit bench lce: unknown --impls {unknown}; choose from {list(IMPLS)}")
+            return 2
+        if "gemms" not in keys:
+            keys.insert(0, "gemms")  # the floor every ratio refers to
+    else:
+        keys = list(IMPLS)
+    memory = args.memory or ("inprocess" if args.quick else "subprocess")
+
+    print(_device_line(device))
+    skipped = {k: applies(k, device.type, dtype) for k in keys}
+    for k, why in skipped.items():
+        if why:
+            print(f"skipped {IMPLS[k]}: {why}")
+    keys = [k for k in keys if not skipped[k]]
+    for n, d, v in shapes:
+        print(f"N={n} D={d} V={v}: " + _plans_line(n, d, v, dtype, device))
+
+    results: list[C.Result] = []
+    floors: dict[str, float] = {}
+    grad_bytes: dict[str, int] = {}
+    measure_memory = memory != "off"
+    total = len(shapes) * len(keys) * (warmup + repeats + int(measure_memory))
+    with C.Progress(total, "bench lce") as progress:
+        for n, d, v in shapes:
+            params = {"n": n, "d": d, "v": v, "dtype": dtype_name, "device": args.device, "seed": 0}
+            group = f"N={n} D={d} V={v} {dtype_name} {device.type}"
+            x, w, y = inputs(params)
+            grad_bytes[group] = (x.numel() + w.numel()) * x.element_size()
+            cases, by_name = [], {}
+            for key in keys:
+                result = C.Result(group, IMPLS[key])
+                try:
+                    case = build(key, x, w, y)
+                except Exception as exc:  # noqa: BLE001 - a peer that fails to load
+                    result.error = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                    progress.update(IMPLS[key], warmup + repeats + int(measure_memory))
+                else:
+                    cases.append(case)
+                    result.note = case.note
+                by_name[IMPLS[key]] = result
+                results.append(result)
+            times = C.time_cases(
+                cases, device=device, repeats=repeats, warmup=warmup, progress=progress
+            )
+            for name, samples in times.items():
+                by_name[name].times_s = samples
+            floor_ms = by_name[FLOOR].median_ms
+            if floor_ms:
+                floors[group] = floor_ms / 1e3
+            if measure_memory:
+                key_of = {IMPLS[k]: k for k in keys}
+                for case in cases:
+                    result = by_name[case.name]
+                    if device.type == "cpu" and memory == "subprocess":
+                        result.extra_bytes, err = C.peak_extra_bytes_in_subprocess(
+                            __name__, key_of[case.name], params
+                        )
+                        if err:
+                            result.error = err
+                    else:
+                        result.extra_bytes = C.peak_extra_bytes(case, device)
+                    if result.extra_bytes is not None and case.name != FLOOR:
+                        beyond = (result.extra_bytes - grad_bytes[group]) / C.MIB
+                        text = f"{beyond:.0f} MiB beyond gradients"
+                        if beyond < 0:  # in-process CPU measurement: the allocator reused pages
+                            text = "peak below the gradients' size (pages reused in-process)"
+                        result.note = "; ".join(filter(None, [result.note, text]))
+                    progress.update(case.name)
+            del cases, x, w, y
+
+    rows = C.report(results, floors, BASELINE)
+    C.print_table(rows, baseline=BASELINE, floor_label="GEMMs")
+    print(
+        "\nextra MiB: peak above the inputs during one call, including the gradients "
+        f"({', '.join(f'{g}: {b / C.MIB:.0f} MiB' for g, b in grad_bytes.items())})"
+    )
+    for row in rows:
+        key = next((k for k, name in IMPLS.items() if name == row["impl"]), None)
+        goal = GOALS.get((device.type, key))
+        if goal is None or row["x_floor"] is None:
+            continue
+        beyond = None
+        if row["extra_mib"] is not None:
+            beyond = row["extra_mib"] - grad_bytes[str(row["group"])] / C.MIB
+            if beyond < 0:
+                beyond = None  # not measurable in this process
+        ok_t = row["x_floor"] <= goal[0]
+        ok_m = beyond is None or beyond <= goal[1]
+        mem = "memory not measured" if beyond is None else f"{beyond:.0f} MiB beyond gradients"
+        print(
+            f"goal {row['impl']} ({row['group']}): <= {goal[0]}x GEMMs and <= {goal[1]:g} MiB: "
+            f"{row['x_floor']:.3f}x, {mem} -> {'met' if ok_t and ok_m else 'MISSED'}"
+        )
+    if args.out is not None:
+        meta = {"bench": "lce", "device": device.type, "dtype": dtype_name}
+        C.write_csv(rows, args.out / "lce.csv", meta)
+        print(f"wrote {args.out / 'lce.csv'}")
+        print(
+            C.write_png(
+                rows,
+                args.out / "lce.png",
+                title="losskit bench lce",
+                floors_ms={g: 1e3 * f for g, f in floors.items()},
+            )
+        )
+    return 0

@@ -1,0 +1,294 @@
+"""Fused linear + cross-entropy on CUDA: cuBLAS GEMMs and Triton epilogues, chunk by chunk.
+
+The chunk loop, the planner and the ``autograd.Function`` are the ones of
+``kernels/cpu/linear_cross_entropy.py`` (the algorithm is written once, in torch ops, with the
+GEMMs done by torch, i.e. cuBLAS here); this file supplies the epilogues that run on the logits
+of a chunk in place:
+
+``rows`` (whole-row plan)
+    The fused cross-entropy kernel of ``kernels/triton/cross_entropy.py`` (its launch plans:
+    one program per row up to 32K classes, cooperative chunks of a row beyond, one read of the
+    logits and one write of the gradient), launched on the chunk with the gradient written over
+    the logits, the per-row losses kept in float32 and the reduction's ``1/D`` folded in.
+``tile_stats`` / ``tile_grad`` (tiled plan, ``memory_budget='lean'``)
+    Two small kernels for vocabulary tiles: (1) per row, the tile's online-softmax statistics
+    (max, sum of exp, target logit, sum of ``w z'``) merged into the row's running ones;
+    (2) per (row, block), the gradient ``r (a exp(z' - lse) - b [c == y] - (eps/V) w_c)`` times
+    ``1 - tanh^2`` under a softcap, in place.
+
+All arithmetic in float32; each gradient element is rounded once to the logits' dtype.
+
+Equivalent to::
+
+    torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, W, b), target, weight,
+                                      ignore_index=ignore_index, reduction=reduction,
+                                      label_smoothing=label_smoothing)
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..cpu import linear_cross_entropy as chunked
+from ..cpu.linear_cross_entropy import Chunk, ChunkPlan, LossOptions, TorchEpilogue
+from . import cross_entropy as ce
+from .cross_entropy import _grad_block, _load_logits
+
+__all__ = ["TritonEpilogue", "linear_cross_entropy", "INTERPRETED"]
+
+INTERPRETED = ce.INTERPRETED
+
+#: Columns per program step of the tile kernels.
+TILE_BLOCK = 4096
+
+_F32 = torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels (tiled plan)
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tile_stats_kernel(
+    Z, stride_z, Y, W, ST, stride_st, width, c0, softcap, inv_softcap,
+    BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+):  # fmt: skip
+    """One program per row: merge the tile's statistics into ``ST[:, row]`` (online softmax)."""
+    row = tl.program_id(0).to(tl.int64)
+    lane = tl.arange(0, BLOCK)
+    y_lane = (tl.load(Y + row) - c0).to(tl.int32)  # the target's column in this tile (or not)
+    z_row = Z + row * stride_z
+    # Step 1. The tile's max and sum of exp, rescaled as the max grows; target logit; sum w z'.
+    m = -3.0e38
+    se = 0.0
+    zy = 0.0
+    swz = 0.0
+    for start in range(0, width, BLOCK):
+        cols = start + lane
+        ok = cols < width
+        z, th = _load_logits(z_row + cols, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
+        m_new = tl.maximum(m, tl.max(z, 0))
+        se = se * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), 0)
+        m = m_new
+        zy += tl.sum(tl.where(cols == y_lane, z, 0.0), 0)
+        if HAS_SMOOTH:
+            if HAS_WEIGHT:
+                w = tl.load(W + c0 + cols, mask=ok, other=0.0)
+                swz += tl.sum(tl.where(ok, z, 0.0) * w, 0)
+            else:
+                swz += tl.sum(tl.where(ok, z, 0.0), 0)
+    # Step 2. Merge with the row's running statistics (earlier tiles).
+    m_old = tl.load(ST + row)
+    se_old = tl.load(ST + stride_st + row)
+    m_all = tl.maximum(m_old, m)
+    tl.store(ST + row, m_all)
+    tl.store(ST + stride_st + row, se_old * tl.exp(m_old - m_all) + se * tl.exp(m - m_all))
+    tl.store(ST + 2 * stride_st + row, tl.load(ST + 2 * stride_st + row) + zy)
+    if HAS_SMOOTH:
+        tl.store(ST + 3 * stride_st + row, tl.load(ST + 3 * stride_st + row) + swz)
+
+
+@triton.jit
+def _tile_grad_kernel(
+    Z, stride_z, Y, W, LSE, RA, RB, RE, width, c0, softcap, inv_softcap,
+    BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+):  # fmt: skip
+    """Program (row, block): the gradient of one block of a tile, written over its logits.
+
+    Rows that do not count come with ``lse = +inf`` and zero coefficients: their gradient is 0.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    lane = tl.arange(0, BLOCK)
+    cols = tl.program_id(1) * BLOCK + lane
+    ok = cols < width
+    y_lane = (tl.load(Y + row) - c0).to(tl.int32)
+    ptrs = Z + row * stride_z + cols
+    z, th = _load_logits(ptrs, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
+    if HAS_WEIGHT and HAS_SMOOTH:
+        w = tl.load(W + c0 + cols, mask=ok, other=0.0)
+    else:
+        w = 1.0
+    ra = tl.load(RA + row)
+    rb = tl.load(RB + row)
+    re = tl.load(RE + row)
+    # _grad_block computes scale * (exp(z - lse) a - b [c == y] - e w) (1 - tanh^2); with the
+    # factor r already in ra, rb, re, pass a = ra, b = rb, e = re and scale 1.
+    g = _grad_block(
+        z, th, cols, y_lane, tl.load(LSE + row), ra, rb, w, re, 1.0, HAS_SMOOTH, HAS_SOFTCAP
+    )
+    tl.store(ptrs, g.to(Z.dtype.element_ty), mask=ok)
+
+
+# --------------------------------------------------------------------------------------------
+# The epilogue
+# --------------------------------------------------------------------------------------------
+
+
+class TritonEpilogue(TorchEpilogue):
+    """The epilogues of the chunk loop as Triton launches (the row bookkeeping stays in torch)."""
+
+    def __init__(
+        self, weight: Tensor | None, v: int, opts: LossOptions, ce_plan: ce.Plan | None = None
+    ) -> None:
+        """``ce_plan``: the cross-entropy kernel's launch plan for whole rows (default: its own
+        choice for ``V``, see ``cross_entropy.make_plan``)."""
+        super().__init__(weight, v, opts)
+        self.ignore_index = opts.ignore_index
+        self.wsum_t = None
+        if self.w is not None:
+            self.wsum_t = self.w.sum().reshape(1)
+        self._plan = ce_plan
+
+    def _scalars(self) -> tuple[float, float]:
+        cap = self.cap
+        return float(cap or 1.0), 1.0 / float(cap or 1.0)
+
+    def _flags(self) -> dict:
+        return dict(
+            HAS_WEIGHT=self.w is not None,
+            HAS_SMOOTH=self.eps > 0.0,
+            HAS_SOFTCAP=self.cap is not None,
+        )
+
+    def rows(self, z: Tensor, ck: Chunk, loss_out: Tensor, want_grad: bool) -> None:
+        """The fused cross-entropy kernel on the chunk, gradient over the logits."""
+        c, v = z.shape
+        if c == 0:
+            return
+        if self._plan is None:
+            self._plan = ce.make_plan(v, z.device, ce.DEFAULT_IMPL)
+        p = self._plan
+        dummy = loss_out
+        target = ck.target.contiguous()
+        m8 = None if ck.mask is None else ck.mask.contiguous().view(torch.uint8)
+        wsum = self.wsum_t if (self.w is not None and self.eps > 0.0) else dummy
+        common = (
+            z, z.stride(0), z, z.stride(0), target,
+            dummy if self.w is None else self.w, dummy if m8 is None else m8,
+            loss_out, dummy, dummy if ck.scale is None else ck.scale, wsum,
+        )  # fmt: skip
+        scalars = (1.0 - self.eps, self.eps / v, self.zc, *self._scalars())
+        flags = dict(
+            HAS_MASK=m8 is not None,
+            HAS_Z=self.zc > 0.0,
+            HAS_SCALE=ck.scale is not None,
+            STORE_GRAD=want_grad,
+            STORE_Z=False,
+            **self._flags(),
+        )
+        launch = dict(num_warps=p.num_warps, num_stages=p.num_stages)
+        with ce._device_guard(z.device):
+            if p.impl == "rowloop":
+                ce._ce_rowloop_kernel[(c,)](
+                    *common, v, self.ignore_index, *scalars, BLOCK=p.block, **flags, **launch
+                )
+            else:
+                s = p.chunks
+                part = torch.empty(c * 4 * s, dtype=_F32, device=z.device) if s > 1 else dummy
+                sync = torch.zeros(c + 1, dtype=torch.int32, device=z.device) if s > 1 else target
+                args = (*common, part, sync, v, p.chunk_width, self.ignore_index, *scalars)
+                const = dict(S=s, SP2=triton.next_power_of_2(s), BLOCK=p.block, **flags)
+                if p.impl in ("single", "coop") or s == 1:
+                    ce._ce_chunk_kernel[(c * s,)](*args, MODE=0, **const, **launch)
+                else:  # split: partials, then merge + gradient
+                    ce._ce_chunk_kernel[(c * s,)](*args, MODE=1, **const, **launch)
+                    ce._ce_chunk_kernel[(c * s,)](*args, MODE=2, **const, **launch)
+        if want_grad and ck.row_scale is not None:
+            z.mul_(ck.row_scale.unsqueeze(1))  # computed in float32, rounded once
+
+    def tile_stats(self, z: Tensor, c0: int, ck: Chunk, st: Tensor) -> None:
+        c, width = z.shape
+        if c == 0:
+            return
+        block = min(TILE_BLOCK, triton.next_power_of_2(width))
+        with ce._device_guard(z.device):
+            _tile_stats_kernel[(c,)](
+                z, z.stride(0), ck.y, st if self.w is None else self.w, st, st.stride(0),
+                width, c0, *self._scalars(), BLOCK=block, **self._flags(),
+                num_warps=ce._warps(block),
+            )  # fmt: skip
+
+    def tile_grad(self, z: Tensor, c0: int, ck: Chunk, lse: Tensor) -> None:
+        c, width = z.shape
+        if c == 0:
+            return
+        ra, rb = self.grad_coefficients(torch.where(ck.counted, lse, 0.0), ck)
+        re = ck.r * (self.eps / self.v)
+        block = min(TILE_BLOCK, triton.next_power_of_2(width))
+        with ce._device_guard(z.device):
+            _tile_grad_kernel[(c, triton.cdiv(width, block))](
+                z, z.stride(0), ck.y, lse if self.w is None else self.w, lse.contiguous(),
+                ra.contiguous(), rb.contiguous(), re.contiguous(), width, c0, *self._scalars(),
+                BLOCK=block, **self._flags(), num_warps=ce._warps(block),
+            )  # fmt: skip
+
+    def scale_(self, t: Tensor, grad_output: Tensor) -> None:
+        """``t *= grad_output`` on the device, skipped there when it is 1 (no host sync)."""
+        ce._scale_grad(t, grad_output.reshape(1).to(_F32), False)
+
+
+# --------------------------------------------------------------------------------------------
+# launcher
+# --------------------------------------------------------------------------------------------
+
+
+def linear_cross_entropy(
+    x: Tensor,
+    w: Tensor,
+    target: Tensor,
+    *,
+    bias: Tensor | None,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    reduction: str,
+    normalizer: Tensor | None,
+    mask: Tensor | None,
+    plan: ChunkPlan,
+) -> Tensor:
+    r"""Chunked ``cross_entropy(x @ w.T + bias, target)`` on CUDA (or Triton's interpreter).
+
+    Same arguments and result as :func:`losskit.kernels.cpu.linear_cross_entropy.
+    linear_cross_entropy` (validated 2-D inputs, a :class:`ChunkPlan`), with the epilogues run
+    by the Triton kernels of this module and of ``cross_entropy.py``.
+
+    .. math::
+        \ell_i = \mathrm{CE}(x_i W^\top + b,\ y_i)
+
+    Example::
+
+        >>> x = torch.randn(4096, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        >>> w = torch.randn(32000, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        >>> y = torch.randint(0, 32000, (4096,), device="cuda")
+        >>> plan = plan_chunks(4096, 1024, 32000, x.dtype, "cuda", budget=1 << 30)
+        >>> loss = linear_cross_entropy(x, w, y, bias=None, weight=None, ignore_index=-100,
+        ...     label_smoothing=0.0, z_loss=0.0, softcap=None, reduction="mean",
+        ...     normalizer=None, mask=None, plan=plan)
+        >>> loss.backward()
+    """
+    if x.device.type != "cuda" and not INTERPRETED:
+        raise RuntimeError(
+            "losskit.kernels.triton runs on CUDA tensors, or on the CPU only in Triton's "
+            f"interpreter (TRITON_INTERPRET=1 before import); got input on {x.device}"
+        )
+    opts = LossOptions(
+        int(ignore_index), float(label_smoothing), float(z_loss),
+        None if softcap is None else float(softcap), reduction,
+    )  # fmt: skip
+    return chunked.linear_cross_entropy(
+        x, w, target, bias=bias, weight=weight, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, reduction=reduction,
+        normalizer=normalizer, mask=mask, plan=plan,
+        epilogue=TritonEpilogue(weight, w.shape[0], opts),
+    )  # fmt: skip
+
+
+plan_chunks = chunked.plan_chunks
