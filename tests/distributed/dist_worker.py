@@ -1,0 +1,449 @@
+"""One rank of a gloo group on loopback, for ``test_distributed.py``.
+
+Run as ``python dist_worker.py RANK WORLD STORE_DIR OUT_FILE``: joins the group through a file
+store in ``STORE_DIR``, runs every distributed check (vocab-parallel cross-entropy and linear
+cross-entropy cases, the DDP recipes, the bad-input cases) and writes what it computed to
+``OUT_FILE`` with ``torch.save``. It asserts nothing: the test process builds the same inputs
+with the builders below, computes the single-process reference, and compares.
+
+One process group per world size serves every case, so process start-up is paid once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import os
+import sys
+import time
+import traceback
+import zlib
+
+import torch
+
+# --------------------------------------------------------------------------------------------
+# cases (shared with the test process: pure functions of their name)
+# --------------------------------------------------------------------------------------------
+
+F64 = torch.float64
+
+#: vocab-parallel cross-entropy: V classes, the target's shape, which extras, the loss options
+CE_CASES: dict[str, dict] = {
+    "plain": dict(V=11, shape=(7,)),
+    "ignore_index": dict(V=11, shape=(9,), ignore=True),
+    "ignore_index_in_range": dict(V=11, shape=(9,), ignore=True, opts=dict(ignore_index=3)),
+    "weight": dict(V=11, shape=(8,), ignore=True, weight=True),
+    "label_smoothing": dict(V=11, shape=(8,), ignore=True, opts=dict(label_smoothing=0.15)),
+    "smoothing_weight": dict(
+        V=11, shape=(8,), ignore=True, weight=True, opts=dict(label_smoothing=0.3)
+    ),
+    "z_loss": dict(V=11, shape=(8,), ignore=True, opts=dict(z_loss=0.02)),
+    "softcap": dict(V=11, shape=(8,), opts=dict(softcap=1.5)),
+    "mask": dict(V=11, shape=(9,), ignore=True, mask=True),
+    "sum": dict(V=11, shape=(8,), ignore=True, weight=True, opts=dict(reduction="sum")),
+    "none": dict(
+        V=11,
+        shape=(8,),
+        ignore=True,
+        weight=True,
+        mask=True,
+        opts=dict(reduction="none", label_smoothing=0.1),
+    ),
+    "normalizer_float": dict(V=11, shape=(8,), ignore=True, opts=dict(normalizer=5.0)),
+    "normalizer_tensor": dict(V=11, shape=(8,), ignore=True, weight=True, normalizer=True),
+    "everything": dict(
+        V=13,
+        shape=(10,),
+        ignore=True,
+        weight=True,
+        mask=True,
+        normalizer=True,
+        opts=dict(label_smoothing=0.2, z_loss=0.05, softcap=2.0),
+    ),
+    "batch_time_3d": dict(
+        V=11,
+        shape=(2, 4),
+        ignore=True,
+        weight=True,
+        mask=True,
+        opts=dict(label_smoothing=0.1, z_loss=0.01, reduction="none"),
+    ),
+    "return_z_loss": dict(
+        V=11, shape=(8,), ignore=True, mask=True, opts=dict(z_loss=0.1, return_z_loss=True)
+    ),
+    "vocab_start_reversed": dict(
+        V=11,
+        shape=(8,),
+        ignore=True,
+        weight=True,
+        layout="reversed",
+        opts=dict(label_smoothing=0.1),
+    ),
+    "empty_slice": dict(
+        V=2,
+        shape=(6,),
+        layout="empty_last",
+        weight=True,
+        opts=dict(label_smoothing=0.2, z_loss=0.01),
+    ),
+    "large_logits": dict(V=11, shape=(6,), scale=300.0, opts=dict(z_loss=1e-4)),
+    "masked_nan_row": dict(V=11, shape=(6,), mask=True, nan_masked=True),
+    "masked_padding_index": dict(V=11, shape=(6,), mask=True, pad_masked=True),
+    "minus_inf_last_classes": dict(
+        V=11, shape=(7,), ignore=True, weight=True, neg_inf_tail=4, opts=dict(z_loss=0.01)
+    ),
+    "no_rows": dict(V=11, shape=(0,), opts=dict(reduction="sum")),
+    "float32": dict(
+        V=37,
+        shape=(12,),
+        ignore=True,
+        weight=True,
+        dtype="float32",
+        opts=dict(label_smoothing=0.1, z_loss=0.01),
+    ),
+}
+
+#: vocab-parallel linear cross-entropy: hidden size D too, and the chunk size
+LCE_CASES: dict[str, dict] = {
+    "plain_bias": dict(V=11, D=5, shape=(9,), bias=True, opts=dict(chunk_size=4)),
+    "no_bias_default_chunk": dict(V=11, D=4, shape=(9,), ignore=True),
+    "everything": dict(
+        V=13,
+        D=6,
+        shape=(10,),
+        bias=True,
+        ignore=True,
+        weight=True,
+        mask=True,
+        normalizer=True,
+        opts=dict(label_smoothing=0.2, z_loss=0.05, softcap=2.0, chunk_size=3),
+    ),
+    "none_3d": dict(
+        V=11, D=5, shape=(2, 5), bias=True, ignore=True, opts=dict(reduction="none", chunk_size=2)
+    ),
+    "sum_one_row_chunks": dict(
+        V=11,
+        D=3,
+        shape=(5,),
+        bias=True,
+        weight=True,
+        opts=dict(reduction="sum", chunk_size=1, label_smoothing=0.1),
+    ),
+}
+
+#: the DDP recipes: hidden sizes and each rank's two micro-batch sizes (uneven on purpose). DDP
+#: pulls in torch._dynamo (seconds of import per process), so only the 3-process group runs it.
+DDP_SHAPE = dict(D=5, H=6, C=7, micro_batches=2)
+DDP_WORLDS = (3,)
+DDP_RECIPES = ("scale_by_world", "sum_hook", "naive_local_mean")
+
+
+def _gen(name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(name.encode()))
+
+
+def split(num_classes: int, world: int, layout: str = "rank_order") -> list[tuple[int, int]]:
+    """(start, size) of each rank's slice: near-even in rank order, reversed, or one empty."""
+    if layout == "empty_last":
+        sizes = [
+            num_classes // (world - 1) + (r < num_classes % (world - 1)) for r in range(world - 1)
+        ] + [0]
+    else:
+        sizes = [num_classes // world + (r < num_classes % world) for r in range(world)]
+    order = list(range(world))[::-1] if layout == "reversed" else list(range(world))
+    starts, edge = [0] * world, 0
+    for r in order:
+        starts[r], edge = edge, edge + sizes[r]
+    return list(zip(starts, sizes, strict=True))
+
+
+def _targets(spec: dict, gen: torch.Generator, ignore_index: int) -> torch.Tensor:
+    shape, v = spec["shape"], spec["V"]
+    target = torch.randint(0, v, shape, generator=gen)
+    if spec.get("ignore"):
+        drop = torch.rand(shape, generator=gen) < 0.3
+        target = torch.where(drop, torch.full_like(target, ignore_index), target)
+    return target
+
+
+def _extras(spec: dict, gen: torch.Generator, dtype: torch.dtype) -> dict:
+    """The tensor-valued loss options a case asks for (weight, mask, normalizer) plus opts."""
+    kwargs = dict(spec.get("opts", {}))
+    if spec.get("weight"):
+        kwargs["weight"] = (torch.rand(spec["V"], generator=gen, dtype=F64) + 0.5).to(dtype)
+    if spec.get("mask"):
+        mask = torch.rand(spec["shape"], generator=gen) < 0.75
+        if mask.numel():
+            mask.view(-1)[0] = False
+        kwargs["mask"] = mask
+    if spec.get("normalizer"):
+        kwargs["normalizer"] = torch.tensor(6)
+    return kwargs
+
+
+def build_ce(name: str) -> dict:
+    """Full logits (``(*shape, V)``), target, loss kwargs and upstream gradient of a CE case."""
+    spec = CE_CASES[name]
+    gen = _gen(name)
+    dtype = getattr(torch, spec.get("dtype", "float64"))
+    logits = torch.randn(*spec["shape"], spec["V"], generator=gen, dtype=F64)
+    logits = (logits * spec.get("scale", 2.0)).to(dtype)
+    kwargs = _extras(spec, gen, dtype)
+    target = _targets(spec, gen, kwargs.get("ignore_index", -100))
+    if spec.get("nan_masked"):
+        logits[0] = float("nan")  # row 0 is masked out (see _extras)
+    if spec.get("neg_inf_tail"):  # padded classes: the last rank's slice is all -inf
+        logits[..., -spec["neg_inf_tail"] :] = -math.inf
+        target = torch.where(target >= 0, target % (spec["V"] - spec["neg_inf_tail"]), target)
+    if spec.get("pad_masked"):
+        target[0] = spec["V"] + 5  # padding at a masked position: not an error
+    reduced = kwargs.get("reduction", "mean") != "none"
+    upstream = torch.rand(() if reduced else spec["shape"], generator=gen, dtype=F64) + 0.5
+    return dict(logits=logits, target=target, kwargs=kwargs, upstream=upstream.to(dtype))
+
+
+def build_lce(name: str) -> dict:
+    """Full hidden states, head weight/bias, target, kwargs, upstream of a linear CE case."""
+    spec = LCE_CASES[name]
+    gen = _gen("lce-" + name)
+    x = torch.randn(*spec["shape"], spec["D"], generator=gen, dtype=F64)
+    head = torch.randn(spec["V"], spec["D"], generator=gen, dtype=F64)
+    bias = torch.randn(spec["V"], generator=gen, dtype=F64) if spec.get("bias") else None
+    kwargs = _extras(spec, gen, F64)
+    target = _targets(spec, gen, -100)
+    reduced = kwargs.get("reduction", "mean") != "none"
+    upstream = torch.rand(() if reduced else spec["shape"], generator=gen, dtype=F64) + 0.5
+    return dict(input=x, head=head, bias=bias, target=target, kwargs=kwargs, upstream=upstream)
+
+
+def build_ddp(world: int) -> dict:
+    """A small MLP's initial parameters and each rank's micro-batches (uneven sizes, ignores)."""
+    gen = _gen(f"ddp-{world}")
+    d, h, c, k = (DDP_SHAPE[key] for key in ("D", "H", "C", "micro_batches"))
+    params = {
+        "0.weight": torch.randn(h, d, generator=gen, dtype=F64),
+        "0.bias": torch.randn(h, generator=gen, dtype=F64),
+        "2.weight": torch.randn(c, h, generator=gen, dtype=F64),
+        "2.bias": torch.randn(c, generator=gen, dtype=F64),
+    }
+    batches = []
+    for r in range(world):
+        mine = []
+        for j in range(k):
+            n = 2 + 3 * r + 2 * j
+            x = torch.randn(n, d, generator=gen, dtype=F64)
+            y = torch.randint(0, c, (n,), generator=gen)
+            y[torch.rand(n, generator=gen) < 0.25] = -100
+            mine.append((x, y))
+        batches.append(mine)
+    return dict(params=params, batches=batches)
+
+
+def make_mlp(params: dict) -> torch.nn.Module:
+    d, h, c = (DDP_SHAPE[key] for key in ("D", "H", "C"))
+    model = torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.Tanh(), torch.nn.Linear(h, c))
+    model = model.to(F64)
+    model.load_state_dict(params)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# what each rank runs
+# --------------------------------------------------------------------------------------------
+
+
+def _call_kwargs(kwargs: dict) -> tuple[dict, bool]:
+    kwargs = dict(kwargs)
+    return kwargs, bool(kwargs.get("return_z_loss"))
+
+
+def run_ce(rank: int, world: int) -> dict:
+    from losskit.distributed import vocab_parallel_cross_entropy
+
+    out = {}
+    for name, spec in CE_CASES.items():
+        data = build_ce(name)
+        layout = spec.get("layout", "rank_order")
+        start, size = split(spec["V"], world, layout)[rank]
+        shard = data["logits"][..., start : start + size].clone().requires_grad_(True)
+        kwargs, with_z = _call_kwargs(data["kwargs"])
+        if layout == "reversed":
+            kwargs["vocab_start"] = start
+        res = vocab_parallel_cross_entropy(shard, data["target"], **kwargs)
+        loss, z = res if with_z else (res, None)
+        (loss * data["upstream"]).sum().backward()
+        out[name] = dict(loss=loss.detach(), z=z, grad=shard.grad, start=start, size=size)
+    return out
+
+
+def run_lce(rank: int, world: int) -> dict:
+    from losskit.distributed import vocab_parallel_linear_cross_entropy
+
+    out = {}
+    for name, spec in LCE_CASES.items():
+        data = build_lce(name)
+        start, size = split(spec["V"], world)[rank]
+        x = data["input"].clone().requires_grad_(True)
+        w = data["head"][start : start + size].clone().requires_grad_(True)
+        b = data["bias"]
+        b = b[start : start + size].clone().requires_grad_(True) if b is not None else None
+        loss = vocab_parallel_linear_cross_entropy(
+            x, w, data["target"], bias_shard=b, **data["kwargs"]
+        )
+        (loss * data["upstream"]).sum().backward()
+        out[name] = dict(
+            loss=loss.detach(),
+            grad_input=x.grad,
+            grad_weight=w.grad,
+            grad_bias=b.grad if b is not None else None,
+            start=start,
+            size=size,
+        )
+    return out
+
+
+def run_ddp(rank: int, world: int) -> dict:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import losskit.functional as LF
+    from losskit.distributed import global_count, sum_allreduce_hook
+
+    data = build_ddp(world)
+    mine = data["batches"][rank]
+    out = {}
+    for recipe in DDP_RECIPES:
+        ddp = DDP(make_mlp(data["params"]))
+        if recipe == "sum_hook":
+            ddp.register_comm_hook(None, sum_allreduce_hook)
+        count = global_count([y for _, y in mine])
+        logged = torch.zeros((), dtype=F64)
+        for j, (x, y) in enumerate(mine):
+            last = j == len(mine) - 1
+            with contextlib.nullcontext() if last else ddp.no_sync():
+                if recipe == "naive_local_mean":  # what not to do: a mean of per-rank means
+                    loss = LF.cross_entropy(ddp(x), y) / len(mine)
+                    loss.backward()
+                else:
+                    loss = LF.cross_entropy(ddp(x), y, normalizer=count)
+                    (loss * world if recipe == "scale_by_world" else loss).backward()
+            logged += loss.detach()
+        dist.all_reduce(logged)  # the global mean, for logging
+        out[recipe] = dict(
+            count=count,
+            loss=logged,
+            grads={k: p.grad.clone() for k, p in ddp.module.named_parameters()},
+        )
+    return out
+
+
+def _attempt(fn) -> dict:
+    start = time.monotonic()
+    try:
+        fn()
+        rec = dict(type="none", msg="")
+    except Exception as exc:  # recorded, compared by the test
+        rec = dict(type=type(exc).__name__, msg=str(exc))
+    rec["seconds"] = time.monotonic() - start
+    return rec
+
+
+def run_errors(rank: int, world: int) -> dict:
+    from losskit.distributed import (
+        global_count,
+        vocab_parallel_cross_entropy,
+        vocab_parallel_linear_cross_entropy,
+    )
+
+    data = build_ce("plain")
+    start, size = split(11, world)[rank]
+    shard = data["logits"][..., start : start + size]
+    last = world - 1
+    out = {}
+
+    def bad_index_last_rank():
+        target = data["target"].clone()
+        if rank == last:
+            target[3] = 11
+        vocab_parallel_cross_entropy(shard, target)
+
+    def bad_index_everywhere():
+        target = data["target"].clone()
+        target[2] = -5
+        vocab_parallel_cross_entropy(shard, target)
+
+    def bad_shape_rank0():
+        target = data["target"][:-1] if rank == 0 else data["target"]
+        vocab_parallel_cross_entropy(shard, target)
+
+    def rows_differ():
+        n = 7 - (rank == last)
+        vocab_parallel_cross_entropy(shard[:n], data["target"][:n])
+
+    def weight_slice_not_full():
+        vocab_parallel_cross_entropy(shard, data["target"], weight=torch.ones(size, dtype=F64))
+
+    def linear_bad_index_last_rank():
+        lce = build_lce("plain_bias")
+        s, n = split(11, world)[rank]
+        target = lce["target"].clone()
+        if rank == last:
+            target[0] = 99
+        vocab_parallel_linear_cross_entropy(lce["input"], lce["head"][s : s + n], target)
+
+    def count_bad_mask_rank0():
+        mask = torch.ones(7, dtype=torch.int64) if rank == 0 else torch.ones(7, dtype=torch.bool)
+        global_count(data["target"], mask=mask)
+
+    for fn in (
+        bad_index_last_rank,
+        bad_index_everywhere,
+        bad_shape_rank0,
+        rows_differ,
+        weight_slice_not_full,
+        linear_bad_index_last_rank,
+        count_bad_mask_rank0,
+    ):
+        out[fn.__name__] = _attempt(fn)
+    # the group is still in step after every rank raised: a good call works and is exact
+    res = vocab_parallel_cross_entropy(shard.clone().requires_grad_(True), data["target"])
+    out["after_errors"] = dict(loss=res.detach())
+    return out
+
+
+def main() -> int:
+    rank, world = int(sys.argv[1]), int(sys.argv[2])
+    store, out_file = sys.argv[3], sys.argv[4]
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=20),
+    )
+    results: dict = {}
+    try:
+        suites = [("ce", run_ce), ("lce", run_lce), ("errors", run_errors)]
+        if world in DDP_WORLDS:
+            suites.append(("ddp", run_ddp))
+        for suite, fn in suites:
+            t0 = time.monotonic()
+            results[suite] = fn(rank, world)
+            results.setdefault("seconds", {})[suite] = time.monotonic() - t0
+    except Exception:
+        results["crash"] = traceback.format_exc()
+        torch.save(results, out_file)
+        raise
+    torch.save(results, out_file)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
