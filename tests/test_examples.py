@@ -1,0 +1,56 @@
+"""Each script in examples/ runs on its own and prints what its tutorial section shows."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# script -> lines (or parts of lines) its output must contain
+EXPECTED = {
+    "01_regression.py": [
+        "reduction='none'  shape (3, 2)",
+        "reduction='sum'   shape ()",
+        "== mean x 6",
+    ],
+    "02_binary.py": [
+        "BCEWithLogitsLoss(x, y) =",
+        "logit 30, target 0: BCELoss 100.0, BCEWithLogitsLoss 30.0",
+    ],
+    "03_multiclass.py": ["the three gradients agree", "-> per-pixel loss (2, 8, 8)"],
+    "04_custom_loss.py": ["MyLoss == MSELoss in every reduction", "OK: "],
+    "05_module_vs_functional.py": ["identical outputs once the weights are shared"],
+    "06_dropout.py": ["Model1 eval():  [1.0, 1.0", "Model3 eval():"],
+    "07_training.py": ["epoch 8: training loss", "held-out accuracy 9"],
+}
+
+
+def test_every_example_is_listed() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_example_runs(script: str) -> None:
+    if script == "07_training.py" and importlib.util.find_spec("sklearn") is None:
+        pytest.skip("needs scikit-learn (losskit[demo])")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"OMP_NUM_THREADS": "1", **_env()},
+    )
+    assert done.returncode == 0, done.stderr
+    for expected in EXPECTED[script]:
+        assert expected in done.stdout, done.stdout
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
