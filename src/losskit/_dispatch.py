@@ -5,8 +5,8 @@ bfloat16 or float16 logits, on CUDA with Triton installed or on the CPU) and oth
 ``None`` so the caller runs the reference. On the CPU, ``'auto'`` also keeps small inputs (fewer
 than :data:`CPU_FUSED_MIN_ELEMENTS` logits) on the reference: there the fused path's fixed cost
 (thread start-up, scratch set-up) outweighs what it saves, measured 1.4-2.3x slower below 128k
-logits and 0.16-0.3x of the reference's time from 256k up (2 cores, float32). ``impl='fused'`` raises instead of falling back, naming
-what the fused path does not support.
+logits and 0.16-0.3x of the reference's time from 256k up (2 cores, float32).
+``impl='fused'`` raises instead of falling back, naming what the fused path does not support.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def _backend(device: torch.device) -> tuple[ModuleType | None, str]:
 def unsupported_reason(input: Tensor, probabilities: bool) -> str:
     """Why the fused path cannot take this call ('' when it can)."""
     if probabilities:
-        return "the fused path takes class-index targets only (probability targets use the reference)"
+        return (
+            "the fused path takes class-index targets only (probability targets use the reference)"
+        )
     if input.dtype not in FUSED_DTYPES:
         return f"the fused path takes float32, bfloat16 or float16 logits, got {input.dtype}"
     return ""

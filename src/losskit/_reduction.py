@@ -46,7 +46,9 @@ def resolve(reduction: str, size_average: bool | None = None, reduce: bool | Non
     return reduction
 
 
-def legacy_get_string(size_average: bool | None, reduce: bool | None, emit_warning: bool = True) -> str:
+def legacy_get_string(
+    size_average: bool | None, reduce: bool | None, emit_warning: bool = True
+) -> str:
     """torch's mapping of the legacy flags: both default to True."""
     size_average = True if size_average is None else size_average
     reduce = True if reduce is None else reduce

@@ -118,8 +118,9 @@ def require_broadcastable_to(name: str, tensor: Tensor, shape: torch.Size, what:
         )
 
 
-def check_float_option(name: str, value: object, *, low: float, high: float = math.inf,
-                       low_open: bool = False) -> float:
+def check_float_option(
+    name: str, value: object, *, low: float, high: float = math.inf, low_open: bool = False
+) -> float:
     """A Python number inside [low, high] (or (low, high] with ``low_open``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise LossTypeError(f"{name} must be a float, got {type(value).__name__}")
@@ -196,8 +197,14 @@ def check_class_weight(weight: Tensor | None, num_classes: int, input: Tensor) -
     require_same_device("weight", weight, "input", input)
 
 
-def check_class_indices(target: Tensor, num_classes: int, ignore_index: int, class_dim: int,
-                        *, classes_of: str = "input") -> None:
+def check_class_indices(
+    target: Tensor,
+    num_classes: int,
+    ignore_index: int,
+    class_dim: int,
+    *,
+    classes_of: str = "input",
+) -> None:
     """Every index is in [0, num_classes) or equals ignore_index (one min/max pass).
 
     ``classes_of`` names the tensor whose dim ``class_dim`` holds the classes (in the message).

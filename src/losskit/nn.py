@@ -45,8 +45,9 @@ class _Loss(nn.Module):
 
 
 class _WeightedLoss(_Loss):
-    def __init__(self, weight: Tensor | None = None, size_average=None, reduce=None,
-                 reduction: str = "mean") -> None:
+    def __init__(
+        self, weight: Tensor | None = None, size_average=None, reduce=None, reduction: str = "mean"
+    ) -> None:
         super().__init__(size_average, reduce, reduction)
         if weight is not None:
             V.require_tensor("weight", weight)
@@ -63,36 +64,61 @@ class MSELoss(_Loss):
         tensor(3.)
     """
 
-    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
-                normalizer: float | Tensor | None = None) -> Tensor:
-        return LF.mse_loss(input, target, reduction=self.reduction, mask=mask,
-                           normalizer=normalizer)
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        mask: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return LF.mse_loss(
+            input, target, reduction=self.reduction, mask=mask, normalizer=normalizer
+        )
 
 
 class L1Loss(_Loss):
     """Mean absolute error; see :func:`losskit.functional.l1_loss`."""
 
-    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
-                normalizer: float | Tensor | None = None) -> Tensor:
-        return LF.l1_loss(input, target, reduction=self.reduction, mask=mask,
-                          normalizer=normalizer)
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        mask: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return LF.l1_loss(input, target, reduction=self.reduction, mask=mask, normalizer=normalizer)
 
 
 class SmoothL1Loss(_Loss):
     """Smooth L1; see :func:`losskit.functional.smooth_l1_loss`."""
 
-    def __init__(self, size_average=None, reduce=None, reduction: str = "mean",
-                 beta: float = 1.0) -> None:
+    def __init__(
+        self, size_average=None, reduce=None, reduction: str = "mean", beta: float = 1.0
+    ) -> None:
         super().__init__(size_average, reduce, reduction)
         self.beta = V.check_float_option("beta", beta, low=0.0)
 
     def _options(self) -> dict:
         return {"reduction": self.reduction, "beta": self.beta}
 
-    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
-                normalizer: float | Tensor | None = None) -> Tensor:
-        return LF.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta,
-                                 mask=mask, normalizer=normalizer)
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        mask: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return LF.smooth_l1_loss(
+            input,
+            target,
+            reduction=self.reduction,
+            beta=self.beta,
+            mask=mask,
+            normalizer=normalizer,
+        )
 
 
 class HuberLoss(_Loss):
@@ -105,10 +131,22 @@ class HuberLoss(_Loss):
     def _options(self) -> dict:
         return {"reduction": self.reduction, "delta": self.delta}
 
-    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
-                normalizer: float | Tensor | None = None) -> Tensor:
-        return LF.huber_loss(input, target, reduction=self.reduction, delta=self.delta,
-                             mask=mask, normalizer=normalizer)
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        mask: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return LF.huber_loss(
+            input,
+            target,
+            reduction=self.reduction,
+            delta=self.delta,
+            mask=mask,
+            normalizer=normalizer,
+        )
 
 
 class BCELoss(_WeightedLoss):
@@ -117,46 +155,84 @@ class BCELoss(_WeightedLoss):
     Prefer :class:`BCEWithLogitsLoss` on logits: it needs no clamping.
     """
 
-    def __init__(self, weight: Tensor | None = None, size_average=None, reduce=None,
-                 reduction: str = "mean", *, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        reduce=None,
+        reduction: str = "mean",
+        *,
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
-        self.label_smoothing = V.check_float_option("label_smoothing", label_smoothing,
-                                                    low=0.0, high=1.0)
+        self.label_smoothing = V.check_float_option(
+            "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
 
     def _options(self) -> dict:
         return {"reduction": self.reduction, "label_smoothing": self.label_smoothing}
 
-    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
-                normalizer: float | Tensor | None = None) -> Tensor:
-        return LF.binary_cross_entropy(input, target, weight=self.weight,
-                                       reduction=self.reduction,
-                                       label_smoothing=self.label_smoothing, mask=mask,
-                                       normalizer=normalizer)
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        mask: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return LF.binary_cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            mask=mask,
+            normalizer=normalizer,
+        )
 
 
 class BCEWithLogitsLoss(_WeightedLoss):
     """Binary cross-entropy on logits; see
     :func:`losskit.functional.binary_cross_entropy_with_logits`."""
 
-    def __init__(self, weight: Tensor | None = None, size_average=None, reduce=None,
-                 reduction: str = "mean", pos_weight: Tensor | None = None, *,
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        reduce=None,
+        reduction: str = "mean",
+        pos_weight: Tensor | None = None,
+        *,
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
         if pos_weight is not None:
             V.require_tensor("pos_weight", pos_weight)
         self.register_buffer("pos_weight", pos_weight)
         self.pos_weight: Tensor | None
-        self.label_smoothing = V.check_float_option("label_smoothing", label_smoothing,
-                                                    low=0.0, high=1.0)
+        self.label_smoothing = V.check_float_option(
+            "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
 
     def _options(self) -> dict:
         return {"reduction": self.reduction, "label_smoothing": self.label_smoothing}
 
-    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
-                normalizer: float | Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        mask: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
         return LF.binary_cross_entropy_with_logits(
-            input, target, weight=self.weight, reduction=self.reduction,
-            pos_weight=self.pos_weight, label_smoothing=self.label_smoothing, mask=mask,
+            input,
+            target,
+            weight=self.weight,
+            reduction=self.reduction,
+            pos_weight=self.pos_weight,
+            label_smoothing=self.label_smoothing,
+            mask=mask,
             normalizer=normalizer,
         )
 
@@ -171,15 +247,27 @@ class CrossEntropyLoss(_WeightedLoss):
         torch.Size([])
     """
 
-    def __init__(self, weight: Tensor | None = None, size_average=None, ignore_index: int = -100,
-                 reduce=None, reduction: str = "mean", label_smoothing: float = 0.0, *,
-                 z_loss: float = 0.0, softcap: float | None = None, return_z_loss: bool = False,
-                 impl: str = "auto", inplace_backward: bool = False,
-                 validate: bool = True) -> None:
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        return_z_loss: bool = False,
+        impl: str = "auto",
+        inplace_backward: bool = False,
+        validate: bool = True,
+    ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
-        self.label_smoothing = V.check_float_option("label_smoothing", label_smoothing,
-                                                    low=0.0, high=1.0)
+        self.label_smoothing = V.check_float_option(
+            "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
         self.z_loss = V.check_float_option("z_loss", z_loss, low=0.0)
         self.softcap = softcap
         self.return_z_loss = return_z_loss
@@ -190,8 +278,11 @@ class CrossEntropyLoss(_WeightedLoss):
         self.validate = validate
 
     def _options(self) -> dict:
-        opts = {"reduction": self.reduction, "ignore_index": self.ignore_index,
-                "label_smoothing": self.label_smoothing}
+        opts = {
+            "reduction": self.reduction,
+            "ignore_index": self.ignore_index,
+            "label_smoothing": self.label_smoothing,
+        }
         if self.z_loss:
             opts["z_loss"] = self.z_loss
         if self.softcap is not None:
@@ -202,39 +293,74 @@ class CrossEntropyLoss(_WeightedLoss):
             opts["inplace_backward"] = True
         return opts
 
-    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
-                normalizer: float | Tensor | None = None):
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        mask: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ):
         return LF.cross_entropy(
-            input, target, weight=self.weight, ignore_index=self.ignore_index,
-            reduction=self.reduction, label_smoothing=self.label_smoothing, mask=mask,
-            normalizer=normalizer, z_loss=self.z_loss, softcap=self.softcap,
-            return_z_loss=self.return_z_loss, impl=self.impl,
-            inplace_backward=self.inplace_backward, validate=self.validate,
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            mask=mask,
+            normalizer=normalizer,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            return_z_loss=self.return_z_loss,
+            impl=self.impl,
+            inplace_backward=self.inplace_backward,
+            validate=self.validate,
         )
 
 
 class NLLLoss(_WeightedLoss):
     """Negative log-likelihood; see :func:`losskit.functional.nll_loss`."""
 
-    def __init__(self, weight: Tensor | None = None, size_average=None, ignore_index: int = -100,
-                 reduce=None, reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: str = "mean",
+    ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
 
     def _options(self) -> dict:
         return {"reduction": self.reduction, "ignore_index": self.ignore_index}
 
-    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
-                normalizer: float | Tensor | None = None) -> Tensor:
-        return LF.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                           reduction=self.reduction, mask=mask, normalizer=normalizer)
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        mask: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return LF.nll_loss(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            mask=mask,
+            normalizer=normalizer,
+        )
 
 
 class KLDivLoss(nn.Module):
     """KL divergence; see :func:`losskit.functional.kl_div` (``'batchmean'`` is the true KL)."""
 
-    def __init__(self, size_average=None, reduce=None, reduction: str = "mean",
-                 log_target: bool = False) -> None:
+    def __init__(
+        self, size_average=None, reduce=None, reduction: str = "mean", log_target: bool = False
+    ) -> None:
         super().__init__()
         if reduction == "batchmean" and size_average is None and reduce is None:
             self.reduction = "batchmean"
@@ -245,10 +371,22 @@ class KLDivLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}, log_target={self.log_target}"
 
-    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
-                normalizer: float | Tensor | None = None) -> Tensor:
-        return LF.kl_div(input, target, reduction=self.reduction, log_target=self.log_target,
-                         mask=mask, normalizer=normalizer)
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        mask: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return LF.kl_div(
+            input,
+            target,
+            reduction=self.reduction,
+            log_target=self.log_target,
+            mask=mask,
+            normalizer=normalizer,
+        )
 
 
 class SigmoidFocalLoss(_Loss):
@@ -263,25 +401,50 @@ class SigmoidFocalLoss(_Loss):
         tensor(0.0170)
     """
 
-    def __init__(self, alpha: float = 0.25, gamma: float = 2, reduction: str = "none", *,
-                 label_smoothing: float = 0.0, validate: bool = True) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.25,
+        gamma: float = 2,
+        reduction: str = "none",
+        *,
+        label_smoothing: float = 0.0,
+        validate: bool = True,
+    ) -> None:
         super().__init__(reduction=reduction)
         self.alpha = LF.focal.check_alpha(alpha)
         self.gamma = V.check_float_option("gamma", gamma, low=0.0)
-        self.label_smoothing = V.check_float_option("label_smoothing", label_smoothing,
-                                                    low=0.0, high=1.0)
+        self.label_smoothing = V.check_float_option(
+            "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
         self.validate = validate
 
     def _options(self) -> dict:
-        return {"alpha": self.alpha, "gamma": self.gamma, "reduction": self.reduction,
-                "label_smoothing": self.label_smoothing}
+        return {
+            "alpha": self.alpha,
+            "gamma": self.gamma,
+            "reduction": self.reduction,
+            "label_smoothing": self.label_smoothing,
+        }
 
-    def forward(self, inputs: Tensor, targets: Tensor, *, mask: Tensor | None = None,
-                normalizer: float | Tensor | None = None) -> Tensor:
-        return LF.sigmoid_focal_loss(inputs, targets, alpha=self.alpha, gamma=self.gamma,
-                                     reduction=self.reduction,
-                                     label_smoothing=self.label_smoothing, mask=mask,
-                                     normalizer=normalizer, validate=self.validate)
+    def forward(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        *,
+        mask: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return LF.sigmoid_focal_loss(
+            inputs,
+            targets,
+            alpha=self.alpha,
+            gamma=self.gamma,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            mask=mask,
+            normalizer=normalizer,
+            validate=self.validate,
+        )
 
 
 class FocalLoss(_WeightedLoss):
@@ -294,22 +457,42 @@ class FocalLoss(_WeightedLoss):
         tensor(0.0109)
     """
 
-    def __init__(self, weight: Tensor | None = None, ignore_index: int = -100,
-                 reduction: str = "mean", gamma: float = 2.0, *, validate: bool = True) -> None:
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        gamma: float = 2.0,
+        *,
+        validate: bool = True,
+    ) -> None:
         super().__init__(weight, reduction=reduction)
         self.ignore_index = ignore_index
         self.gamma = V.check_float_option("gamma", gamma, low=0.0)
         self.validate = validate
 
     def _options(self) -> dict:
-        return {"reduction": self.reduction, "ignore_index": self.ignore_index,
-                "gamma": self.gamma}
+        return {"reduction": self.reduction, "ignore_index": self.ignore_index, "gamma": self.gamma}
 
-    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
-                normalizer: float | Tensor | None = None) -> Tensor:
-        return LF.focal_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                             reduction=self.reduction, gamma=self.gamma, mask=mask,
-                             normalizer=normalizer, validate=self.validate)
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        mask: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return LF.focal_loss(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            gamma=self.gamma,
+            mask=mask,
+            normalizer=normalizer,
+            validate=self.validate,
+        )
 
 
 class LinearCrossEntropyLoss(_Loss):
@@ -333,45 +516,105 @@ class LinearCrossEntropyLoss(_Loss):
         True
     """
 
-    def __init__(self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (),
-                 bias: bool = False, device=None, dtype=None, reduction: str = "mean",
-                 weight: Tensor | None = None, ignore_index: int | None = None,
-                 label_smoothing: float = 0.0, options: object | None = None,
-                 z_loss: float = 0.0, softcap: float | None = None, impl: str = "auto",
-                 chunk_size: int | None = None, memory_budget: int | str = "default",
-                 accumulate: str = "auto", validate: bool = True) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        out_features: tuple[int, ...] = (),
+        bias: bool = False,
+        device=None,
+        dtype=None,
+        reduction: str = "mean",
+        weight: Tensor | None = None,
+        ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        options: object | None = None,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        impl: str = "auto",
+        chunk_size: int | None = None,
+        memory_budget: int | str = "default",
+        accumulate: str = "auto",
+        validate: bool = True,
+    ) -> None:
         if tuple(out_features) != ():
             raise V.LossValueError(
                 f"out_features={tuple(out_features)!r}: K-dimensional heads are not supported; "
                 "flatten the extra dimensions into the classes"
             )
         linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
-        self._setup(linear, reduction=reduction, weight=weight, ignore_index=ignore_index,
-                    label_smoothing=label_smoothing, options=options, z_loss=z_loss,
-                    softcap=softcap, impl=impl, chunk_size=chunk_size,
-                    memory_budget=memory_budget, accumulate=accumulate, validate=validate)
+        self._setup(
+            linear,
+            reduction=reduction,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            options=options,
+            z_loss=z_loss,
+            softcap=softcap,
+            impl=impl,
+            chunk_size=chunk_size,
+            memory_budget=memory_budget,
+            accumulate=accumulate,
+            validate=validate,
+        )
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, reduction: str = "mean",
-                    weight: Tensor | None = None, ignore_index: int | None = None,
-                    label_smoothing: float = 0.0, z_loss: float = 0.0,
-                    softcap: float | None = None, impl: str = "auto",
-                    chunk_size: int | None = None, memory_budget: int | str = "default",
-                    accumulate: str = "auto", validate: bool = True) -> LinearCrossEntropyLoss:
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        *,
+        reduction: str = "mean",
+        weight: Tensor | None = None,
+        ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        impl: str = "auto",
+        chunk_size: int | None = None,
+        memory_budget: int | str = "default",
+        accumulate: str = "auto",
+        validate: bool = True,
+    ) -> LinearCrossEntropyLoss:
         """The loss on an existing ``nn.Linear`` head, sharing (not copying) its Parameters."""
         if not isinstance(linear, nn.Linear):
             raise V.LossTypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
         obj = cls.__new__(cls)
-        obj._setup(linear, reduction=reduction, weight=weight, ignore_index=ignore_index,
-                   label_smoothing=label_smoothing, options=None, z_loss=z_loss,
-                   softcap=softcap, impl=impl, chunk_size=chunk_size,
-                   memory_budget=memory_budget, accumulate=accumulate, validate=validate)
+        obj._setup(
+            linear,
+            reduction=reduction,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            options=None,
+            z_loss=z_loss,
+            softcap=softcap,
+            impl=impl,
+            chunk_size=chunk_size,
+            memory_budget=memory_budget,
+            accumulate=accumulate,
+            validate=validate,
+        )
         return obj
 
-    def _setup(self, linear: nn.Linear, *, reduction: str, weight: Tensor | None,
-               ignore_index: int | None, label_smoothing: float, options: object | None,
-               z_loss: float, softcap: float | None, impl: str, chunk_size: int | None,
-               memory_budget: int | str, accumulate: str, validate: bool) -> None:
+    def _setup(
+        self,
+        linear: nn.Linear,
+        *,
+        reduction: str,
+        weight: Tensor | None,
+        ignore_index: int | None,
+        label_smoothing: float,
+        options: object | None,
+        z_loss: float,
+        softcap: float | None,
+        impl: str,
+        chunk_size: int | None,
+        memory_budget: int | str,
+        accumulate: str,
+        validate: bool,
+    ) -> None:
         _Loss.__init__(self, reduction=reduction)
         LF.linear._check_options(impl, chunk_size, memory_budget, accumulate)
         if weight is not None:
@@ -380,8 +623,9 @@ class LinearCrossEntropyLoss(_Loss):
         self.register_buffer("weight", weight)
         self.weight: Tensor | None
         self.ignore_index = ignore_index
-        self.label_smoothing = V.check_float_option("label_smoothing", label_smoothing,
-                                                    low=0.0, high=1.0)
+        self.label_smoothing = V.check_float_option(
+            "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
         self.z_loss = V.check_float_option("z_loss", z_loss, low=0.0)
         if softcap is not None:
             softcap = V.check_float_option("softcap", softcap, low=0.0, low_open=True)
@@ -394,8 +638,12 @@ class LinearCrossEntropyLoss(_Loss):
         self.validate = validate
 
     def _options(self) -> dict:
-        opts = {"in_features": self.linear.in_features, "num_classes": self.linear.out_features,
-                "bias": self.linear.bias is not None, "reduction": self.reduction}
+        opts = {
+            "in_features": self.linear.in_features,
+            "num_classes": self.linear.out_features,
+            "bias": self.linear.bias is not None,
+            "reduction": self.reduction,
+        }
         if self.ignore_index is not None:
             opts["ignore_index"] = self.ignore_index
         if self.label_smoothing:
@@ -404,19 +652,41 @@ class LinearCrossEntropyLoss(_Loss):
             opts["z_loss"] = self.z_loss
         if self.softcap is not None:
             opts["softcap"] = self.softcap
-        for name, default in (("impl", "auto"), ("chunk_size", None),
-                              ("memory_budget", "default"), ("accumulate", "auto")):
+        for name, default in (
+            ("impl", "auto"),
+            ("chunk_size", None),
+            ("memory_budget", "default"),
+            ("accumulate", "auto"),
+        ):
             if getattr(self, name) != default:
                 opts[name] = getattr(self, name)
         return opts
 
-    def forward(self, input: Tensor, target: Tensor, *, mask: Tensor | None = None,
-                normalizer: float | Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        mask: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
         return LF.linear_cross_entropy(
-            input, self.linear.weight, target, linear_bias=self.linear.bias, weight=self.weight,
-            reduction=self.reduction, ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing, options=self.options, z_loss=self.z_loss,
-            softcap=self.softcap, normalizer=normalizer, mask=mask, impl=self.impl,
-            chunk_size=self.chunk_size, memory_budget=self.memory_budget,
-            accumulate=self.accumulate, validate=self.validate,
+            input,
+            self.linear.weight,
+            target,
+            linear_bias=self.linear.bias,
+            weight=self.weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            options=self.options,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            normalizer=normalizer,
+            mask=mask,
+            impl=self.impl,
+            chunk_size=self.chunk_size,
+            memory_budget=self.memory_budget,
+            accumulate=self.accumulate,
+            validate=self.validate,
         )

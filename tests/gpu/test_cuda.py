@@ -141,5 +141,5 @@ def test_linear_cross_entropy_error_budget(dtype):
     torch_like = grads("truth", x, w)  # torch at the input dtype: low-precision matmul
     fused = grads("fused", x, w)
     slack = 1e-6 if dtype == torch.float32 else 1e-3
-    for f, r, tr in zip(fused, torch_like, truth):
+    for f, r, tr in zip(fused, torch_like, truth, strict=True):
         assert (f - tr).abs().max() <= (r - tr).abs().max() * 1.5 + slack * tr.abs().max()

@@ -93,7 +93,8 @@ def binary_cross_entropy(
 ) -> Tensor:
     r"""Binary cross-entropy on probabilities (after a sigmoid).
 
-    .. math:: \ell_i = -w_i \left[ y_i \max(\log x_i, -100) + (1 - y_i) \max(\log(1 - x_i), -100) \right]
+    .. math::
+        \ell_i = -w_i \left[ y_i \max(\log x_i, -100) + (1 - y_i) \max(\log(1 - x_i), -100) \right]
 
     The logs are clamped at -100 exactly like torch, so a saturated sigmoid gives a large finite
     loss instead of inf. For logits, use :func:`binary_cross_entropy_with_logits`: it needs no
@@ -121,8 +122,11 @@ def binary_cross_entropy(
     label_smoothing = V.check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
     _check(input, target, weight, mask, normalizer, reduction, validate)
     if validate:
-        V.check_unit_interval("input", keep(input, mask), what="probabilities (apply a sigmoid "
-                              "first, or use binary_cross_entropy_with_logits)")
+        V.check_unit_interval(
+            "input",
+            keep(input, mask),
+            what="probabilities (apply a sigmoid first, or use binary_cross_entropy_with_logits)",
+        )
     V.require_same_dtype("target", target, "input", input)
     dtype = compute_dtype(input, target)
     y = _smooth_labels(keep(target.to(dtype), mask), label_smoothing)

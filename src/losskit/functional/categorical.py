@@ -266,8 +266,9 @@ def _reference_cross_entropy(
         counted = None
         denominator = None  # torch divides the probability form by the number of positions
     else:
-        rows, w_y, counted = _index_rows(logp, target.reshape(-1).long(), w, ignore_index,
-                                         label_smoothing)
+        rows, w_y, counted = _index_rows(
+            logp, target.reshape(-1).long(), w, ignore_index, label_smoothing
+        )
         denominator = w_y
     zrows = None
     if z_loss > 0.0 or return_z_loss:
@@ -354,7 +355,9 @@ def cross_entropy(
         return_z_loss: keyword-only; also return the z term alone, reduced the same way.
         impl: keyword-only ``'auto'`` | ``'reference'`` | ``'fused'``: the plain-torch source of
             truth, or the fused kernel (Triton on CUDA, the fast path on CPU). ``'auto'`` takes
-            the fused path wherever it supports the call.
+            the fused path wherever it supports the call (class-index targets; float32,
+            bfloat16 or float16 logits), except CPU inputs under 2**17 logits, where the
+            reference is faster.
         inplace_backward: keyword-only, fused path only: write the gradient into the logits'
             storage (no N x V allocation). The logits are overwritten; autograd raises if another
             operation still needs them.
@@ -384,16 +387,22 @@ def cross_entropy(
     if impl not in IMPLS:
         raise V.LossValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     probabilities = check_classification(
-        input, target, weight=weight, ignore_index=ignore_index, validate=validate,
-        allow_probabilities=True, mask=mask,
+        input,
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        validate=validate,
+        allow_probabilities=True,
+        mask=mask,
     )
     if probabilities and ignore_index != -100:
         raise V.LossValueError(
             f"ignore_index={ignore_index} applies to class-index targets only; to leave out "
             "positions of a probability target, pass mask= (True where the position counts)"
         )
-    _check_extras(input, _index_target_shape(input), mask=mask, normalizer=normalizer,
-                  reduction=reduction)
+    _check_extras(
+        input, _index_target_shape(input), mask=mask, normalizer=normalizer, reduction=reduction
+    )
     if inplace_backward and impl == "reference":
         raise V.LossValueError("inplace_backward=True needs impl='fused' or 'auto'")
     if mask is not None and not probabilities:
@@ -401,16 +410,26 @@ def cross_entropy(
         target = torch.where(mask.expand(target.shape), target.long(), ignore_index)
 
     options = dict(
-        weight=weight, ignore_index=ignore_index, reduction=reduction,
-        label_smoothing=label_smoothing, mask=mask, normalizer=normalizer, z_loss=z_loss,
-        softcap=softcap, return_z_loss=return_z_loss,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        mask=mask,
+        normalizer=normalizer,
+        z_loss=z_loss,
+        softcap=softcap,
+        return_z_loss=return_z_loss,
     )
     if impl != "reference":
         from .._dispatch import fused_cross_entropy
 
         out = fused_cross_entropy(
-            input, target, probabilities=probabilities, required=impl == "fused",
-            inplace_backward=inplace_backward, **options,
+            input,
+            target,
+            probabilities=probabilities,
+            required=impl == "fused",
+            inplace_backward=inplace_backward,
+            **options,
         )
         if out is not None:
             return out
@@ -452,8 +471,15 @@ def nll_loss(
         tensor(1.)
     """
     reduction = resolve(reduction, size_average, reduce)
-    check_classification(input, target, weight=weight, ignore_index=ignore_index,
-                         validate=validate, allow_probabilities=False, mask=mask)
+    check_classification(
+        input,
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        validate=validate,
+        allow_probabilities=False,
+        mask=mask,
+    )
     _check_extras(input, target.shape, mask=mask, normalizer=normalizer, reduction=reduction)
     if mask is not None:
         # masked positions may hold any index (padding): make them ignore_index for the gather

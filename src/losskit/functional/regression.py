@@ -115,8 +115,15 @@ def mse_loss(
     _check(input, target, weight, mask, normalizer, reduction)
     dtype = compute_dtype(input, target)
     diff = keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
-    return _finish(diff * diff, result_dtype(input, target), reduction, weight, mask, normalizer,
-                   weighted_mean_by_weight_sum=True)
+    return _finish(
+        diff * diff,
+        result_dtype(input, target),
+        reduction,
+        weight,
+        mask,
+        normalizer,
+        weighted_mean_by_weight_sum=True,
+    )
 
 
 def l1_loss(
@@ -145,8 +152,15 @@ def l1_loss(
     _check(input, target, weight, mask, normalizer, reduction)
     dtype = compute_dtype(input, target)
     diff = keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
-    return _finish(diff.abs(), result_dtype(input, target), reduction, weight, mask, normalizer,
-                   weighted_mean_by_weight_sum=True)
+    return _finish(
+        diff.abs(),
+        result_dtype(input, target),
+        reduction,
+        weight,
+        mask,
+        normalizer,
+        weighted_mean_by_weight_sum=True,
+    )
 
 
 def _smooth(diff: Tensor, beta: float, slope: float) -> Tensor:
@@ -191,8 +205,15 @@ def smooth_l1_loss(
     dtype = compute_dtype(input, target)
     diff = keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
     elementwise = diff.abs() if beta == 0.0 else _smooth(diff, beta, 1.0)
-    return _finish(elementwise, result_dtype(input, target), reduction, None, mask, normalizer,
-                   weighted_mean_by_weight_sum=False)
+    return _finish(
+        elementwise,
+        result_dtype(input, target),
+        reduction,
+        None,
+        mask,
+        normalizer,
+        weighted_mean_by_weight_sum=False,
+    )
 
 
 def huber_loss(
@@ -228,6 +249,12 @@ def huber_loss(
     dtype = compute_dtype(input, target)
     diff = keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
     elementwise = _smooth(diff, delta, delta)
-    return _finish(elementwise, input.dtype, reduction, weight, mask, normalizer,
-                   weighted_mean_by_weight_sum=False)
-
+    return _finish(
+        elementwise,
+        input.dtype,
+        reduction,
+        weight,
+        mask,
+        normalizer,
+        weighted_mean_by_weight_sum=False,
+    )

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one prepared GPU session (H100, torch 2.11 + triton 3.6, no network): GPU tests, then the
+# side-by-side benchmarks with the peers, whose wheels travel in .whl/ (see benchmarks/README.md).
+# Run from the repository root:  bash benchmarks/gpu_session.sh   (results under $OUT or ./bench-out)
+set -u
+OUT=${OUT:-bench-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=src:/tmp/site
+else
+  export PYTHONPATH=src
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+step() {  # step SECONDS NAME CMD...: one bounded step; a failure or hang cannot stop the rest
+  local secs=$1 name=$2; shift 2
+  echo "=== $name"; local t0=$SECONDS
+  timeout -k 5 "$secs" "$@" 2>&1 | tee "$OUT/$name.log" | tail -n 40
+  echo "=== $name: exit ${PIPESTATUS[0]} in $((SECONDS - t0)) s"
+}
+# the kernel script first: it checks the cooperative plan (whose programs wait on each other)
+# under a timeout, so a bug there cannot hang the pytest step
+step 120 ce-kernel python3 benchmarks/gpu_ce_kernel.py
+step 150 gpu-tests python3 -m pytest tests/gpu tests/kernels -q -x -p no:cacheprovider
+step 120 bench-ce python3 -m losskit bench ce --device cuda --out "$OUT"
+step 150 bench-lce python3 -m losskit bench lce --device cuda --out "$OUT"
+step 120 lce-script python3 benchmarks/gpu_lce.py
