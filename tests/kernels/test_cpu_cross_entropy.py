@@ -198,12 +198,18 @@ def _resolve(extra, n, v):
     return kw
 
 
+# a normalizer comes only with reduction='mean'
+EXTRA_CASES = [
+    pytest.param(reduction, extra, id=f"{reduction}-{','.join(sorted(extra))}")
+    for reduction in ("none", "mean", "sum")
+    for extra in EXTRAS
+    if "normalizer" not in extra or reduction == "mean"
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-@pytest.mark.parametrize("extra", EXTRAS, ids=lambda e: ",".join(sorted(e)))
+@pytest.mark.parametrize(("reduction", "extra"), EXTRA_CASES)
 def test_extras_match_the_formula(dtype, reduction, extra):
-    if "normalizer" in extra and reduction != "mean":
-        pytest.skip("a normalizer comes only with reduction='mean'")
     x, y = make(10, 1000, dtype)
     kw = dict(_resolve(extra, 10, 1000), reduction=reduction)
     if dtype == torch.float32:
@@ -383,6 +389,24 @@ def test_out_of_place_leaves_the_logits_alone():
     fused(leaf, y, label_smoothing=0.1, z_loss=1e-3).backward()
     assert torch.equal(leaf.detach(), before)
     assert leaf.grad.data_ptr() != leaf.data_ptr()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_no_gradient_wanted_computes_the_loss_only_and_never_writes_the_logits(dtype, reduction):
+    x, y = make(10, 1000, dtype)
+    y[3] = -100
+    kw = dict(label_smoothing=0.1, z_loss=1e-3, softcap=20.0, reduction=reduction)
+    with_grad = fused(x.clone().requires_grad_(), y, return_z_loss=True, **kw)
+    before = x.clone()
+    with torch.no_grad():  # evaluation with an in-place loss Module
+        in_eval = fused(x, y, inplace_backward=True, return_z_loss=True, **kw)
+    plain = fused(x, y, inplace_backward=True, return_z_loss=True, **kw)  # no requires_grad
+    assert torch.equal(x, before) and x._version == before._version
+    for got in (in_eval, plain):
+        assert not got[0].requires_grad
+        torch.testing.assert_close(got[0], with_grad[0].detach(), rtol=0, atol=0)
+        torch.testing.assert_close(got[1], with_grad[1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -115,9 +115,11 @@ class _Rows:
 
 
 def _gradient_blocks(
-    logits: Tensor, grad: Tensor, rows: _Rows, w: Tensor | None, softcap: float | None
+    logits: Tensor, grad: Tensor | None, rows: _Rows, w: Tensor | None, softcap: float | None
 ) -> None:
     """Steps 1-3 of the module docstring for every block of rows; fills neg_c, row_sum, zw.
+
+    ``grad=None`` runs steps 1-2 only, in a scratch block: the loss without its gradient.
 
     With more than one torch thread, the blocks are shared out to as many worker threads, each
     running its ops on one thread (see the module docstring).
@@ -198,7 +200,7 @@ def _in_worker(inference: bool, *args: object) -> bool:
 
 def _blocks(
     logits: Tensor,
-    grad: Tensor,
+    grad: Tensor | None,
     rows: _Rows,
     w: Tensor | None,
     softcap: float | None,
@@ -209,7 +211,8 @@ def _blocks(
     n, v = logits.shape
     f32 = torch.float32
     low = logits.dtype != f32
-    scratch = torch.empty((step, v), dtype=f32) if low else None
+    in_scratch = low or grad is None
+    scratch = torch.empty((step, v), dtype=f32) if in_scratch else None
     tanh_buf = torch.empty((step, v), dtype=f32) if softcap is not None else None
     zw = rows.zw
 
@@ -220,7 +223,7 @@ def _blocks(
         s = rows.row_sum[i:j]
         # The float32 block the gradient is computed in: the gradient rows themselves for
         # float32 logits, else the scratch block, rounded into them at the end.
-        out = scratch[: j - i] if low else grad[i:j]
+        out = scratch[: j - i] if in_scratch else grad[i:j]
         # (1) -C and the smoothing sum; (2) e into `out`, S.
         if softcap is None:
             src = xc
@@ -254,6 +257,8 @@ def _blocks(
             torch.add(nc, t, alpha=scale, out=out)
         out.exp2_()
         torch.sum(out, 1, keepdim=True, out=s)
+        if grad is None:
+            continue
         # (3) r * (a * e / S - b * onehot(y) - eps/V * w), in place.
         if rows.r2z is None:
             alpha = rows.ra0[i:j] / s
@@ -292,8 +297,12 @@ def _forward(
     mask: Tensor | None,
     inplace: bool,
     want_z: bool,
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """The reduced loss, the reduced z term (or None) and the gradient for grad_output = 1."""
+    want_grad: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The reduced loss, the reduced z term (or None) and the gradient for grad_output = 1.
+
+    ``want_grad=False`` computes no gradient (None) and leaves the logits alone, in place or not.
+    """
     n, v = logits.shape
     f32 = torch.float32
 
@@ -334,9 +343,14 @@ def _forward(
     # The target logit of each row, read before an in-place run overwrites the logits.
     z_y = logits.gather(1, rows.y).squeeze(1)
 
-    grad = logits if inplace else empty_rows(n, v, logits.dtype)
+    if not want_grad:
+        grad = None
+    elif inplace:
+        grad = logits
+    else:
+        grad = empty_rows(n, v, logits.dtype)
     _gradient_blocks(logits, grad, rows, w, softcap)
-    if inplace:
+    if grad is logits:
         torch.autograd.graph.increment_version(logits)
 
     # The loss per row from lse and the target logit, in float64 (N values: cheap).
@@ -469,7 +483,9 @@ def cross_entropy(
             the counted rows' target weights.
         mask: ``(N,)`` bool, True where the row counts; or None.
         inplace_backward: write the gradient into the logits' storage instead of a new buffer
-            (the logits are overwritten; their version counter is bumped).
+            (the logits are overwritten; their version counter is bumped). Only when a gradient
+            is wanted: under ``torch.no_grad`` or for logits that do not require grad, the loss
+            alone is computed and the logits are left as they are.
         return_z_loss: also return the z term alone, reduced the same way (detached).
 
     Shape:
@@ -492,7 +508,7 @@ def cross_entropy(
     ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)`` when there
     is no mask, normalizer, z-loss or softcap.
     """
-    return CrossEntropyFunction.apply(
+    args = (
         logits,
         target,
         weight,
@@ -506,3 +522,8 @@ def cross_entropy(
         bool(inplace_backward),
         bool(return_z_loss),
     )
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return CrossEntropyFunction.apply(*args)
+    # No gradient wanted (evaluation): the loss alone, no gradient buffer, logits untouched.
+    loss, zterm, _ = _forward(*args, want_grad=False)
+    return (loss, zterm) if return_z_loss else loss
