@@ -109,6 +109,27 @@ def test_fused_leaves_logits_intact_and_inplace_matches():
     torch.testing.assert_close(g[True], g[False])
 
 
+def test_more_than_2_to_the_31_logits_use_64_bit_offsets():
+    # 16448 x 131072 bf16 = 2^31 + 2^23 logits (4 GiB; 8 GiB with the gradient): the last rows
+    # lie beyond 2^31 elements, where 32-bit offsets would wrap to the first rows
+    n, v = 16448, 131072
+    if torch.cuda.mem_get_info()[0] < 10 * 2**30:
+        pytest.skip("needs 10 GiB of free GPU memory")
+    torch.manual_seed(5)
+    x = torch.randn(n, v, device=DEV, dtype=torch.bfloat16).requires_grad_()
+    t = torch.randint(0, v, (n,), device=DEV)
+    loss = LF.cross_entropy(x, t, impl="fused", reduction="none")
+    loss.sum().backward()
+    for rows in (slice(0, 4), slice(n - 4, n)):
+        tail = x.detach()[rows].double().requires_grad_()
+        want = F.cross_entropy(tail, t[rows], reduction="none")
+        want.sum().backward()
+        torch.testing.assert_close(loss[rows].double(), want, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(x.grad[rows].double(), tail.grad, rtol=2e-2, atol=1e-4)
+    del x, loss
+    torch.cuda.empty_cache()
+
+
 def test_out_of_range_index_raises_before_kernel():
     x = torch.randn(4, 10, device=DEV)
     t = torch.tensor([1, 2, 10, 3], device=DEV)
