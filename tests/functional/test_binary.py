@@ -165,6 +165,17 @@ def test_bce_with_logits_mixed_dtypes_promote(input_dtype, target_dtype):
     assert bool((err_ours <= err_theirs + 1e-6 * truth.abs()).all())
 
 
+def test_bce_with_logits_float64_logits_keep_float64_where_torch_narrows():
+    # a deliberate difference (README): torch returns float32 for float64 logits and float32
+    # targets; losskit keeps the promoted float64, and its value is the float64 truth
+    x = torch.randn(3, 4, dtype=torch.float64) * 5
+    y = torch.rand(3, 4)
+    ours = LF.binary_cross_entropy_with_logits(x, y, reduction="none")
+    assert ours.dtype == torch.float64
+    truth = F.binary_cross_entropy_with_logits(x, y.double(), reduction="none")
+    torch.testing.assert_close(ours, truth, rtol=1e-12, atol=1e-12)
+
+
 # --------------------------------------------------------------------------------------------
 # both
 # --------------------------------------------------------------------------------------------
