@@ -43,7 +43,7 @@ from torch import Tensor
 
 from . import _validate as V
 from ._reduction import as_normalizer, resolve, safe_divide
-from .functional._common import compute_dtype, result_dtype
+from .functional._common import compute_dtype, keep, result_dtype
 from .functional.categorical import count_targets
 
 __all__ = [
@@ -609,14 +609,6 @@ def _prepare(
     return t, counted, kept
 
 
-def _keep(x: Tensor, kept: Tensor | None) -> Tensor:
-    """Zero the rows the mask leaves out before any math, as the reference does: inf or NaN
-    there must reach neither the loss nor any gradient (0 * NaN = NaN in a backward)."""
-    if kept is None:
-        return x
-    return torch.where(kept, x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
 def vocab_parallel_cross_entropy(
     logits_shard: Tensor,
     target: Tensor,
@@ -738,7 +730,7 @@ def vocab_parallel_cross_entropy(
     spec = _Spec(layout.start, layout.num_classes, label_smoothing, z_loss, softcap, group)
     t, counted, kept = _prepare(target, mask, ignore_index)
     w_local, w_y, wsum = _weights(weight, t, counted, layout, dtype)
-    logits = _keep(logits_shard.reshape(t.shape[0], layout.size), kept)
+    logits = keep(logits_shard.reshape(t.shape[0], layout.size), kept)
     rows, lse = _VocabParallelCrossEntropy.apply(logits, t, w_local, w_y, wsum, spec, dtype)
     zrows = z_loss * lse * lse if return_z_loss else None
     return _reduce_rows(
@@ -886,7 +878,7 @@ def vocab_parallel_linear_cross_entropy(
     spec = _Spec(layout.start, layout.num_classes, label_smoothing, z_loss, softcap, group)
     t, counted, kept = _prepare(target, mask, ignore_index)
     w_local, w_y, wsum = _weights(weight, t, counted, layout, dtype)
-    x = _keep(input.reshape(-1, input.shape[-1]), kept)
+    x = keep(input.reshape(-1, input.shape[-1]), kept)
     chunk = chunk_size or _default_chunk(x.shape[0], layout.size, x.shape[1])
     rows, lse = _VocabParallelLinearCrossEntropy.apply(
         x, weight_shard, bias_shard, t, w_local, w_y, wsum, spec, dtype, chunk

@@ -437,3 +437,18 @@ def write_png(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return f"wrote {path}"
+
+
+def write_outputs(
+    rows: Sequence[dict[str, object]],
+    out: Path,
+    name: str,
+    meta: dict[str, object],
+    floors_s: dict[str, float],
+) -> None:
+    """``out/<name>.csv`` and the chart ``out/<name>.png``, saying what was written."""
+    write_csv(rows, out / f"{name}.csv", meta)
+    print(f"wrote {out / f'{name}.csv'}")
+    floors_ms = {group: 1e3 * floor for group, floor in floors_s.items()}
+    print(write_png(rows, out / f"{name}.png", title=f"losskit bench {meta['bench']}",
+                    floors_ms=floors_ms))  # fmt: skip

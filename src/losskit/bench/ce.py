@@ -338,14 +338,5 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.out is not None:
         meta = {"bench": "ce", "device": device.type, "dtype": dtype_name}
-        C.write_csv(rows, args.out / "ce.csv", meta)
-        print(f"wrote {args.out / 'ce.csv'}")
-        print(
-            C.write_png(
-                rows,
-                args.out / "ce.png",
-                title="losskit bench ce",
-                floors_ms={g: 1e3 * f for g, f in floors.items()},
-            )
-        )
+        C.write_outputs(rows, args.out, "ce", meta, floors)
     return 0

@@ -344,14 +344,5 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.out is not None:
         meta = {"bench": "lce", "device": device.type, "dtype": dtype_name}
-        C.write_csv(rows, args.out / "lce.csv", meta)
-        print(f"wrote {args.out / 'lce.csv'}")
-        print(
-            C.write_png(
-                rows,
-                args.out / "lce.png",
-                title="losskit bench lce",
-                floors_ms={g: 1e3 * f for g, f in floors.items()},
-            )
-        )
+        C.write_outputs(rows, args.out, "lce", meta, floors)
     return 0

@@ -53,7 +53,8 @@ def check_classification(
 ) -> bool:
     """Check a classification call; return True for probability targets, False for indices.
 
-    Values at positions ``mask`` leaves out are not checked (padding may hold anything).
+    Values at positions ``mask`` leaves out are not checked (padding may hold anything). A
+    non-default ``ignore_index`` with probability targets is refused (it could only be a no-op).
     """
     V.require_tensor(input_name, input)
     V.require_tensor("target", target)
@@ -73,6 +74,12 @@ def check_classification(
 
     if target.is_floating_point():
         if target.shape == input.shape and allow_probabilities:
+            if ignore_index != -100:
+                raise V.LossValueError(
+                    f"ignore_index={ignore_index} applies to class-index targets only; to leave "
+                    "out positions of a probability target, pass mask= (True where the position "
+                    "counts)"
+                )
             if validate:
                 kept = None
                 if mask is not None:
@@ -395,11 +402,6 @@ def cross_entropy(
         allow_probabilities=True,
         mask=mask,
     )
-    if probabilities and ignore_index != -100:
-        raise V.LossValueError(
-            f"ignore_index={ignore_index} applies to class-index targets only; to leave out "
-            "positions of a probability target, pass mask= (True where the position counts)"
-        )
     _check_extras(
         input, _index_target_shape(input), mask=mask, normalizer=normalizer, reduction=reduction
     )

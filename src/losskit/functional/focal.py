@@ -211,11 +211,6 @@ def focal_loss(
         allow_probabilities=True,
         mask=mask,
     )
-    if probabilities and ignore_index != -100:
-        raise V.LossValueError(
-            f"ignore_index={ignore_index} applies to class-index targets only; to leave out "
-            "positions of a probability target, pass mask= (True where the position counts)"
-        )
     out_shape = _index_target_shape(input)
     V.check_mask(mask, out_shape)
     V.check_normalizer(normalizer, reduction)
