@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 
 import pytest
@@ -197,6 +198,20 @@ def test_legacy_size_average_and_reduce(name, size_average, reduce):
         warnings.simplefilter("ignore")
         theirs = getattr(F, name)(x, y, w, size_average, reduce)
     assert_close_to_torch(ours, theirs)
+
+
+def test_bce_target_gradient_at_saturated_predictions_is_the_clamped_derivative():
+    # a deliberate difference (README): torch gives +-inf here; losskit differentiates the
+    # clamped loss it computes, -(max(log x, -100) - max(log(1 - x), -100))
+    x = torch.tensor([0.0, 1.0, 0.5, 0.25], dtype=torch.float64)
+    y = torch.full((4,), 0.3, dtype=torch.float64, requires_grad=True)
+    LF.binary_cross_entropy(x, y, reduction="sum").backward()
+    want = torch.tensor([100.0, -100.0, 0.0, -(math.log(0.25) - math.log(0.75))], dtype=x.dtype)
+    torch.testing.assert_close(y.grad, want, rtol=1e-12, atol=1e-12)
+    # away from 0 and 1 it is torch's
+    y2 = y.detach().clone().requires_grad_()
+    F.binary_cross_entropy(x[2:], y2[2:], reduction="sum").backward()
+    torch.testing.assert_close(y.grad[2:], y2.grad[2:], rtol=1e-12, atol=1e-12)
 
 
 def test_gradcheck():
