@@ -42,6 +42,13 @@ def _check(
     V.check_normalizer(normalizer, reduction)
 
 
+def _residual(input: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+    """``input - target`` in the compute dtype, 0 where ``mask`` leaves a position out (zeroed
+    before the subtraction, so inf/NaN padding reaches no gradient)."""
+    dtype = compute_dtype(input, target)
+    return keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
+
+
 def _finish(
     elementwise: Tensor,
     out_dtype,
@@ -113,8 +120,7 @@ def mse_loss(
     """
     reduction = resolve(reduction, size_average, reduce)
     _check(input, target, weight, mask, normalizer, reduction)
-    dtype = compute_dtype(input, target)
-    diff = keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
+    diff = _residual(input, target, mask)
     return _finish(
         diff * diff,
         result_dtype(input, target),
@@ -150,8 +156,7 @@ def l1_loss(
     """
     reduction = resolve(reduction, size_average, reduce)
     _check(input, target, weight, mask, normalizer, reduction)
-    dtype = compute_dtype(input, target)
-    diff = keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
+    diff = _residual(input, target, mask)
     return _finish(
         diff.abs(),
         result_dtype(input, target),
@@ -202,8 +207,7 @@ def smooth_l1_loss(
     reduction = resolve(reduction, size_average, reduce)
     beta = V.check_float_option("beta", beta, low=0.0)
     _check(input, target, None, mask, normalizer, reduction)
-    dtype = compute_dtype(input, target)
-    diff = keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
+    diff = _residual(input, target, mask)
     elementwise = diff.abs() if beta == 0.0 else _smooth(diff, beta, 1.0)
     return _finish(
         elementwise,
@@ -246,8 +250,7 @@ def huber_loss(
     reduction = resolve(reduction)
     delta = V.check_float_option("delta", delta, low=0.0, low_open=True)
     _check(input, target, weight, mask, normalizer, reduction)
-    dtype = compute_dtype(input, target)
-    diff = keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
+    diff = _residual(input, target, mask)
     elementwise = _smooth(diff, delta, delta)
     return _finish(
         elementwise,
