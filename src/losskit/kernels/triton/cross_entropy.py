@@ -83,10 +83,12 @@ __all__ = [
 #: Launch plans accepted by :func:`cross_entropy_impl` (``"auto"`` picks one of the others).
 IMPLS = ("auto", "single", "coop", "split", "rowloop")
 
-# Tile sizes. Compiled for sm_90 (triton 3.6 and 3.9), a program holding 16384 bf16 logits with
-# 16 warps (32 values per thread) needs 64 registers and no spills, so two programs fit one SM;
-# 32768 with 32 warps spills a little for a single row and leaves one program per SM; 8192 with
-# 8 warps needs 48. The benchmark (benchmarks/gpu_ce_kernel.py) compares these.
+# Tile sizes. `python tests/kernels/sm90.py` compiles the kernels for sm_90 without a GPU and
+# prints registers and spills. With triton 3.9, the plain bf16 chunk kernel holding 32 values
+# per thread needs 93-108 registers (16384 values with 16 warps, 8192 with 8): one program of
+# 16 warps per SM, or two of 8; holding 16 per thread needs 55-60 (8192 with 16 warps: two
+# programs of 16 warps per SM); 32768 with 32 warps spills. Which is fastest is measured, not
+# inferred: benchmarks/gpu_ce_kernel.py times each of these plans side by side.
 
 #: Longest row that ``impl="auto"`` holds in one program (elements, a power of two).
 SINGLE_MAX = 16384
