@@ -148,6 +148,25 @@ def _load_logits(ptrs, ok, softcap, inv_softcap, HAS_SOFTCAP: tl.constexpr, STRE
 
 
 @triton.jit
+def _online_block(m, se, swz, z, ok, w_ptrs, HAS_WEIGHT: tl.constexpr, HAS_SMOOTH: tl.constexpr):
+    """Fold one block of ``z'`` into a row's running online-softmax statistics.
+
+    ``m`` is the running max, ``se`` the sum of ``exp(z' - m)`` (rescaled as ``m`` grows), ``swz``
+    the sum of ``w z'`` over the valid lanes ``ok`` (label smoothing only; ``w`` read from
+    ``w_ptrs`` with class weights, else 1). Returns the updated ``(m, se, swz)``.
+    """
+    m_new = tl.maximum(m, tl.max(z, 0))
+    se = se * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), 0)
+    if HAS_SMOOTH:
+        if HAS_WEIGHT:
+            w = tl.load(w_ptrs, mask=ok, other=0.0)
+            swz += tl.sum(tl.where(ok, z, 0.0) * w, 0)
+        else:
+            swz += tl.sum(tl.where(ok, z, 0.0), 0)
+    return m_new, se, swz
+
+
+@triton.jit
 def _row_terms(
     lse, zy, swz, w_y, wsum, one_minus_eps, eps_over_v, z_coef,
     HAS_SMOOTH: tl.constexpr, HAS_Z: tl.constexpr,
@@ -348,15 +367,7 @@ def _ce_rowloop_kernel(
             cols = start + lane
             ok = cols < V
             z, th = _load_logits(x_row + cols, ok, softcap, inv_softcap, HAS_SOFTCAP, False)
-            m_new = tl.maximum(m, tl.max(z, 0))
-            se = se * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), 0)
-            m = m_new
-            if HAS_SMOOTH:
-                if HAS_WEIGHT:
-                    w = tl.load(W + cols, mask=ok, other=0.0)
-                    swz += tl.sum(tl.where(ok, z, 0.0) * w, 0)
-                else:
-                    swz += tl.sum(tl.where(ok, z, 0.0), 0)
+            m, se, swz = _online_block(m, se, swz, z, ok, W + cols, HAS_WEIGHT, HAS_SMOOTH)
         lse = m + tl.log(se)
 
         # Step 2. Row loss from lse and the target logit.
@@ -645,24 +656,7 @@ def _forward(
             STORE_GRAD=store_grad,
             STORE_Z=store_z,
         )
-        p = opt.plan
-        launch = dict(num_warps=p.num_warps, num_stages=p.num_stages)
-        with _device_guard(device):
-            if p.impl == "rowloop":
-                _ce_rowloop_kernel[(n,)](
-                    *common, v, opt.ignore_index, *scalars, BLOCK=p.block, **flags, **launch
-                )
-            else:
-                s = p.chunks
-                part = torch.empty(n * 4 * s, dtype=f32, device=device) if s > 1 else dummy
-                sync = torch.zeros(n + 1, dtype=torch.int32, device=device) if s > 1 else target
-                args = (*common, part, sync, v, p.chunk_width, opt.ignore_index, *scalars)
-                const = dict(S=s, SP2=triton.next_power_of_2(s), BLOCK=p.block, **flags)
-                if p.impl in ("single", "coop") or s == 1:
-                    _ce_chunk_kernel[(n * s,)](*args, MODE=0, **const, **launch)
-                else:  # split: the same chunk code in two launches, no spin
-                    _ce_chunk_kernel[(n * s,)](*args, MODE=1, **const, **launch)
-                    _ce_chunk_kernel[(n * s,)](*args, MODE=2, **const, **launch)
+        _launch(opt.plan, common, v, opt.ignore_index, scalars, flags)
 
     def reduce(rows: Tensor) -> Tensor:
         if opt.reduction == "none":
@@ -675,6 +669,41 @@ def _forward(
         return (total / denom).to(dtype)  # D == 0 gives NaN, as torch does
 
     return reduce(loss_rows), None if z_rows is None else reduce(z_rows), grad
+
+
+def _launch(
+    plan: Plan,
+    common: tuple,
+    v: int,
+    ignore_index: int,
+    scalars: tuple[float, ...],
+    flags: dict[str, bool],
+) -> None:
+    """Run ``plan`` over the rows of ``common`` (the kernels' tensor arguments, ``X`` to ``WSUM``).
+
+    ``rowloop`` is one launch of the row-loop kernel; ``single``/``coop`` one launch of the chunk
+    kernel (``S`` programs per row, with the scratch for their partials and the arrival counters
+    allocated here); ``split`` the same chunk code in two launches, no spin.
+    """
+    target, loss = common[4], common[7]
+    n, device = loss.shape[0], loss.device
+    opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+    with _device_guard(device):
+        if plan.impl == "rowloop":
+            _ce_rowloop_kernel[(n,)](
+                *common, v, ignore_index, *scalars, BLOCK=plan.block, **flags, **opts
+            )
+            return
+        s = plan.chunks
+        part = torch.empty(n * 4 * s, dtype=torch.float32, device=device) if s > 1 else loss
+        sync = torch.zeros(n + 1, dtype=torch.int32, device=device) if s > 1 else target
+        args = (*common, part, sync, v, plan.chunk_width, ignore_index, *scalars)
+        const = dict(S=s, SP2=triton.next_power_of_2(s), BLOCK=plan.block, **flags)
+        if plan.impl in ("single", "coop") or s == 1:
+            _ce_chunk_kernel[(n * s,)](*args, MODE=0, **const, **opts)
+        else:
+            _ce_chunk_kernel[(n * s,)](*args, MODE=1, **const, **opts)
+            _ce_chunk_kernel[(n * s,)](*args, MODE=2, **const, **opts)
 
 
 def _scale_grad(grad: Tensor, grad_output: Tensor, rowwise: bool) -> None:

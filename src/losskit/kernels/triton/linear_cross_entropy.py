@@ -7,9 +7,10 @@ of a chunk in place:
 
 ``rows`` (whole-row plan)
     The fused cross-entropy kernel of ``kernels/triton/cross_entropy.py`` (its launch plans:
-    one program per row up to 32K classes, cooperative chunks of a row beyond, one read of the
-    logits and one write of the gradient), launched on the chunk with the gradient written over
-    the logits, the per-row losses kept in float32 and the reduction's ``1/D`` folded in.
+    one program per row up to ``SINGLE_MAX`` (16K) classes, cooperative chunks of a row beyond,
+    one read of the logits and one write of the gradient), launched on the chunk with the
+    gradient written over the logits, the per-row losses kept in float32 and the reduction's
+    ``1/D`` folded in.
 ``tile_stats`` / ``tile_grad`` (tiled plan, ``memory_budget='lean'``)
     Two small kernels for vocabulary tiles: (1) per row, the tile's online-softmax statistics
     (max, sum of exp, target logit, sum of ``w z'``) merged into the row's running ones;
@@ -35,7 +36,7 @@ from torch import Tensor
 from ..cpu import linear_cross_entropy as chunked
 from ..cpu.linear_cross_entropy import Chunk, ChunkPlan, LossOptions, TorchEpilogue
 from . import cross_entropy as ce
-from .cross_entropy import _grad_block, _load_logits
+from .cross_entropy import _grad_block, _load_logits, _online_block
 
 __all__ = ["TritonEpilogue", "linear_cross_entropy", "INTERPRETED"]
 
@@ -72,16 +73,8 @@ def _tile_stats_kernel(
         cols = start + lane
         ok = cols < width
         z, th = _load_logits(z_row + cols, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
-        m_new = tl.maximum(m, tl.max(z, 0))
-        se = se * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), 0)
-        m = m_new
         zy += tl.sum(tl.where(cols == y_lane, z, 0.0), 0)
-        if HAS_SMOOTH:
-            if HAS_WEIGHT:
-                w = tl.load(W + c0 + cols, mask=ok, other=0.0)
-                swz += tl.sum(tl.where(ok, z, 0.0) * w, 0)
-            else:
-                swz += tl.sum(tl.where(ok, z, 0.0), 0)
+        m, se, swz = _online_block(m, se, swz, z, ok, W + c0 + cols, HAS_WEIGHT, HAS_SMOOTH)
     # Step 2. Merge with the row's running statistics (earlier tiles).
     m_old = tl.load(ST + row)
     se_old = tl.load(ST + stride_st + row)
@@ -163,7 +156,6 @@ class TritonEpilogue(TorchEpilogue):
             return
         if self._plan is None:
             self._plan = ce.make_plan(v, z.device, ce.DEFAULT_IMPL)
-        p = self._plan
         dummy = loss_out
         target = ck.target.contiguous()
         m8 = None if ck.mask is None else ck.mask.contiguous().view(torch.uint8)
@@ -182,23 +174,7 @@ class TritonEpilogue(TorchEpilogue):
             STORE_Z=False,
             **self._flags(),
         )
-        launch = dict(num_warps=p.num_warps, num_stages=p.num_stages)
-        with ce._device_guard(z.device):
-            if p.impl == "rowloop":
-                ce._ce_rowloop_kernel[(c,)](
-                    *common, v, self.ignore_index, *scalars, BLOCK=p.block, **flags, **launch
-                )
-            else:
-                s = p.chunks
-                part = torch.empty(c * 4 * s, dtype=_F32, device=z.device) if s > 1 else dummy
-                sync = torch.zeros(c + 1, dtype=torch.int32, device=z.device) if s > 1 else target
-                args = (*common, part, sync, v, p.chunk_width, self.ignore_index, *scalars)
-                const = dict(S=s, SP2=triton.next_power_of_2(s), BLOCK=p.block, **flags)
-                if p.impl in ("single", "coop") or s == 1:
-                    ce._ce_chunk_kernel[(c * s,)](*args, MODE=0, **const, **launch)
-                else:  # split: partials, then merge + gradient
-                    ce._ce_chunk_kernel[(c * s,)](*args, MODE=1, **const, **launch)
-                    ce._ce_chunk_kernel[(c * s,)](*args, MODE=2, **const, **launch)
+        ce._launch(self._plan, common, v, self.ignore_index, scalars, flags)
         if want_grad and ck.row_scale is not None:
             z.mul_(ck.row_scale.unsqueeze(1))  # computed in float32, rounded once
 
