@@ -17,6 +17,7 @@ Run it without ``TRITON_INTERPRET`` (the kernels must be defined as compiled fun
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -153,8 +154,14 @@ def _tools() -> str:
 def compile_variant(v: Variant) -> dict:
     """Compile ``v`` for sm_90; returns registers per thread, spill bytes and compile seconds."""
     k = v.kernel
-    consts = {(k.arg_names.index(n),): val for n, val in v.constexprs.items()}
-    src = ASTSource(fn=k, signature=_signature(k, v.constexprs, v.dtype), constexprs=consts)
+    sig = _signature(k, v.constexprs, v.dtype)
+    if "constexprs" in inspect.signature(ASTSource.__init__).parameters:  # newer triton (3.6)
+        consts = {(k.arg_names.index(n),): val for n, val in v.constexprs.items()}
+        src = ASTSource(fn=k, signature=sig, constexprs=consts)
+    else:  # older triton (3.0): types of the other arguments by position, constants apart
+        types = {i: t for i, t in enumerate(sig.values()) if t != "constexpr"}
+        consts = {k.arg_names.index(n): val for n, val in v.constexprs.items()}
+        src = ASTSource(fn=k, signature=types, constants=consts)
     t0 = time.perf_counter()
     compiled = triton.compile(
         src, target=TARGET, options=dict(num_warps=v.num_warps, num_stages=v.num_stages)

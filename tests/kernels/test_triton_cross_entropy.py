@@ -458,3 +458,22 @@ def test_plans():
         for chunk_max in (2, 4, 1024, 16384):
             s, cw, block = ce._chunking(v, chunk_max)
             assert cw <= chunk_max and block >= cw and (s - 1) * cw < v <= s * cw, (v, chunk_max)
+
+
+def test_kernel_annotations_are_objects_for_old_triton():
+    """triton 3.0 finds ``tl.constexpr`` parameters by their annotation objects: the kernel
+    modules must not turn annotations into strings (``from __future__ import annotations``)."""
+    import losskit.kernels.triton.linear_cross_entropy as lce
+
+    kernels = [
+        obj
+        for module in (ce, lce)
+        for obj in vars(module).values()
+        if callable(getattr(obj, "fn", None)) and hasattr(obj, "arg_names")
+    ]
+    assert {"_ce_chunk_kernel", "_tile_stats_kernel", "_online_block"} <= {
+        k.fn.__name__ for k in kernels
+    }
+    for k in kernels:
+        strings = {n: a for n, a in k.fn.__annotations__.items() if isinstance(a, str)}
+        assert not strings, f"{k.fn.__name__} has string annotations {strings}"

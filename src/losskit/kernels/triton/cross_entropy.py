@@ -58,8 +58,8 @@ Equivalent to (for ``mask=None``, ``z_loss=0``, ``softcap=None``, no normalizer)
                                       reduction=reduction, label_smoothing=label_smoothing)
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: triton 3.0 reads `tl.constexpr` from the
+# kernels' annotations as objects, and string annotations make it treat them as runtime values.
 import os
 from dataclasses import dataclass, replace
 from functools import cache

@@ -26,8 +26,8 @@ Equivalent to::
                                       label_smoothing=label_smoothing)
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: triton 3.0 reads `tl.constexpr` from the
+# kernels' annotations as objects, and string annotations make it treat them as runtime values.
 import torch
 import triton
 import triton.language as tl
