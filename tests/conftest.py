@@ -179,8 +179,13 @@ def check_against_torch(
 # --------------------------------------------------------------------------------------------
 
 
-def assert_torch_signature(ours: Callable, theirs: Callable) -> None:
-    """Torch's parameters appear in the same order, kind and default; extras keyword-only."""
+def assert_torch_signature(ours: Callable, theirs: Callable, newer: Sequence[str] = ()) -> None:
+    """Torch's parameters appear in the same order, kind and default; extras keyword-only.
+
+    ``newer``: positional parameters that a newer torch appends (e.g. ``weight`` of ``mse_loss``)
+    and the installed one lacks; losskit has them where the newer torch does, right after the
+    installed torch's parameters.
+    """
     ours_params = list(inspect.signature(ours).parameters.values())
     theirs_params = list(inspect.signature(theirs).parameters.values())
     for i, p in enumerate(theirs_params):
@@ -189,7 +194,11 @@ def assert_torch_signature(ours: Callable, theirs: Callable) -> None:
         assert q.name == p.name, f"parameter {i} is {q.name!r}, torch has {p.name!r}"
         assert q.kind == p.kind, f"{p.name}: kind {q.kind} != torch's {p.kind}"
         assert q.default == p.default, f"{p.name}: default {q.default!r} != torch's {p.default!r}"
-    for q in ours_params[len(theirs_params) :]:
+    extras = ours_params[len(theirs_params) :]
+    for name, q in zip(newer, extras, strict=False):
+        assert q.name == name, f"losskit has {q.name!r} where a newer torch has {name!r}"
+        assert q.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, f"{name}: kind {q.kind}"
+    for q in extras[len(newer) :]:
         assert q.kind is inspect.Parameter.KEYWORD_ONLY, f"losskit's {q.name!r} not keyword-only"
 
 
