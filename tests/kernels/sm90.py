@@ -39,7 +39,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 
 #: Triton types of the kernels' non-constexpr arguments, by name (pointers by the logits dtype).
 _POINTERS_F32 = {"LOSS", "ZROW", "SCALE", "WSUM", "PART", "W", "ST", "LSE", "RA", "RB", "RE"}
-_POINTERS = {"T": "*i64", "Y": "*i64", "MASK": "*u8", "SYNC": "*i32", "GO": "*fp32"}
+_POINTERS = {"T": "*i64", "Y": "*i64", "MASK": "*u8", "SYNC": "*i32"}
 _INTS = {"stride_x", "stride_g", "stride_go", "stride_z", "stride_st", "ignore_index", "c0"}
 _INTS32 = {"V", "CW", "width", "n_col_tiles", "n_tiles"}
 _FLOATS = {"one_minus_eps", "eps_over_v", "z_coef", "softcap", "inv_softcap"}
@@ -74,7 +74,7 @@ def _signature(kernel, constexprs: dict, dtype: torch.dtype) -> dict[str, str]:
     for arg in kernel.arg_names:
         if arg in constexprs:
             sig[arg] = "constexpr"
-        elif arg in ("X", "G", "Z"):
+        elif arg in ("X", "G", "Z", "GO"):  # GO: the loss's grad_output, in the logits dtype
             sig[arg] = "*" + _DTYPES[dtype]
         elif arg in _POINTERS_F32:
             sig[arg] = "*fp32"
