@@ -32,6 +32,20 @@ TOLERANCES = {
     torch.float32: {"rtol": 1e-6, "atol": 1e-6},
 }
 
+#: the keyword arguments of a fused cross-entropy kernel (``losskit/kernels/CONTRACT.md``), off
+KERNEL_DEFAULTS = dict(
+    weight=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+    reduction="mean",
+    normalizer=None,
+    mask=None,
+    inplace_backward=False,
+    return_z_loss=False,
+)
+
 #: the dtypes every parity grid runs over
 DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 REDUCTIONS = ("none", "mean", "sum")

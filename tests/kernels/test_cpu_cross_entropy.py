@@ -20,24 +20,11 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close_to_torch, check_against_torch
+from conftest import KERNEL_DEFAULTS, assert_close_to_torch, check_against_torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import losskit.kernels.cpu.cross_entropy as ce
-
-DEFAULTS = dict(
-    weight=None,
-    ignore_index=-100,
-    label_smoothing=0.0,
-    z_loss=0.0,
-    softcap=None,
-    reduction="mean",
-    normalizer=None,
-    mask=None,
-    inplace_backward=False,
-    return_z_loss=False,
-)
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +35,7 @@ def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def fused(logits, target, **kw):
     """The launcher under test, every contract argument defaulted."""
-    return ce.cross_entropy(logits, target, **{**DEFAULTS, **kw})
+    return ce.cross_entropy(logits, target, **{**KERNEL_DEFAULTS, **kw})
 
 
 def fused_loss(logits, target, **kw):
@@ -59,7 +46,7 @@ def fused_loss(logits, target, **kw):
 
 def reference(logits, target, *, terms=False, **kw):
     """The contract's formula in plain torch; ``terms=True`` returns (loss, z term)."""
-    a = {**DEFAULTS, **kw}
+    a = {**KERNEL_DEFAULTS, **kw}
     z = logits
     v = z.shape[1]
     if a["softcap"] is not None:

@@ -19,6 +19,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from conftest import KERNEL_DEFAULTS  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -47,23 +48,10 @@ PLANS = {
     "rowloop": {"rowloop_block": 1024},
 }
 
-DEFAULTS = dict(
-    weight=None,
-    ignore_index=-100,
-    label_smoothing=0.0,
-    z_loss=0.0,
-    softcap=None,
-    reduction="mean",
-    normalizer=None,
-    mask=None,
-    inplace_backward=False,
-    return_z_loss=False,
-)
-
 
 def fused(logits, target, impl="auto", plan=None, **kw):
     """The launcher under test, with every contract argument defaulted."""
-    args = {**DEFAULTS, **kw}
+    args = {**KERNEL_DEFAULTS, **kw}
     return ce.cross_entropy_impl(logits, target, impl=impl, **(plan or {}), **args)
 
 
@@ -72,7 +60,7 @@ def reference(logits, target, *, terms=False, **kw):
 
     ``terms=True`` returns (loss, z term) reduced the same way.
     """
-    a = {**DEFAULTS, **kw}
+    a = {**KERNEL_DEFAULTS, **kw}
     z = logits
     n, v = z.shape
     if a["softcap"] is not None:
@@ -105,7 +93,7 @@ def reference(logits, target, *, terms=False, **kw):
 
 def torch_lowp(logits, target, **kw):
     """What torch computes in the logits' own dtype: F.cross_entropy (+ the extra terms)."""
-    a = {**DEFAULTS, **kw}
+    a = {**KERNEL_DEFAULTS, **kw}
     plain = a["z_loss"] == 0 and a["softcap"] is None and a["mask"] is None
     w = None if a["weight"] is None else a["weight"].to(logits.dtype)
     torch_kw = dict(weight=w, ignore_index=a["ignore_index"], label_smoothing=a["label_smoothing"])
