@@ -400,14 +400,23 @@ CASES = [
         LossValueError,
         "target",
     ),
+    # an integer target (or input) is promoted as in torch; two integer tensors are refused
+    *[
+        Case(
+            f"{name}-integer-input-and-target",
+            lambda n=name: getattr(LF, n)(labels(1, 2, 3), labels(1, 2, 2)),
+            LossTypeError,
+            "target",
+            "input.float()",
+        )
+        for name in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
+    ],
     Case(
-        "mse-integer-target",
-        lambda: LF.mse_loss(logits(3), labels(1, 2, 3)),
+        "mse-complex-target",
+        lambda: LF.mse_loss(logits(3), torch.ones(3, dtype=torch.complex64)),
         LossTypeError,
         "target",
-    ),
-    Case(
-        "mse-integer-input", lambda: LF.mse_loss(labels(1, 2, 3), logits(3)), LossTypeError, "input"
+        "complex64",
     ),
     Case("kl-integer-input", lambda: LF.kl_div(labels(1, 2, 3), probs(3)), LossTypeError, "input"),
     # ---- reduction

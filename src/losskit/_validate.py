@@ -78,6 +78,27 @@ def require_floating(name: str, tensor: Tensor, *, what: str = "") -> None:
         )
 
 
+def require_real(name: str, tensor: Tensor, *, what: str = "") -> None:
+    """A real tensor: floating, integer or bool (torch promotes these in elementwise losses)."""
+    require_tensor(name, tensor)
+    if tensor.is_complex():
+        hint = f" ({what})" if what else ""
+        raise LossTypeError(
+            f"{name} must be a real tensor{hint} (floating, integer or bool), got dtype "
+            f"{tensor.dtype}"
+        )
+
+
+def require_one_floating(input: Tensor, target: Tensor) -> None:
+    """Elementwise losses: integer or bool on one side is promoted, but one side must float."""
+    if not (input.is_floating_point() or target.is_floating_point()):
+        raise LossTypeError(
+            f"input has dtype {input.dtype} and target has dtype {target.dtype}; at least one "
+            "must be floating-point (the loss is computed in the promoted dtype): use "
+            "input.float()"
+        )
+
+
 def require_same_dtype(name: str, tensor: Tensor, ref_name: str, ref: Tensor) -> None:
     if tensor.dtype != ref.dtype:
         raise LossTypeError(

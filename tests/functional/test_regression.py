@@ -13,8 +13,11 @@ from conftest import (
     REDUCTIONS,
     assert_close_to_torch,
     assert_torch_signature,
+    assert_within_budget,
     check_against_torch,
+    forward_backward,
     torch_has_parameter,
+    upstream_like,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -221,3 +224,138 @@ def test_random_shapes_and_arguments(name, shape, reduction, knot, dtype, seed):
     if name == "huber_loss":
         kwargs["delta"] = knot
     check_against_torch(getattr(LF, name), getattr(F, name), (x, y), kwargs, wrt=(0, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# the torch 2.13 audit: integer targets, weight dtypes, infinite differences
+# --------------------------------------------------------------------------------------------
+
+
+def check_mixed_dtypes(ours, theirs, args, kwargs, *, wrt=(0,)) -> None:
+    """Mixed dtypes: torch's result dtype and shape; no further from a float64 truth than torch.
+
+    Torch rounds some intermediates to the narrower dtype (a bfloat16 squared error before a
+    float32 weight multiplies it); losskit computes in the promoted dtype and rounds once, so the
+    float32 or float64 result is compared with an error budget, not at float32/float64 tolerance.
+    """
+    wide = [a.detach().double() if a.is_floating_point() else a for a in args]
+    truth, truth_grads = forward_backward(theirs, wide, kwargs, wrt=wrt)
+    upstream = upstream_like(truth)  # one upstream gradient for all three runs
+    out, grads = forward_backward(ours, args, kwargs, wrt=wrt, upstream=upstream)
+    ref, ref_grads = forward_backward(theirs, args, kwargs, wrt=wrt, upstream=upstream)
+    assert out.dtype == ref.dtype, f"dtype {out.dtype}, torch {ref.dtype}"
+    assert_within_budget(out, ref, truth, what="forward")
+    for i, g, rg, tg in zip(wrt, grads, ref_grads, truth_grads, strict=True):
+        assert g.dtype == rg.dtype
+        assert_within_budget(g, rg, tg, what=f"gradient of argument {i}")
+
+
+def _torch_takes(name: str, x: torch.Tensor, y: torch.Tensor, grad: bool) -> bool:
+    """Whether torch 2.13 computes ``name`` (and, with ``grad``, its input gradient) for x, y."""
+    try:
+        leaf = x.clone().requires_grad_(grad and x.is_floating_point())
+        out = getattr(F, name)(leaf, y)
+        if grad:
+            out.backward()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "target_dtype", (torch.int64, torch.int32, torch.uint8, torch.bool), ids=str
+)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", NAMES)
+def test_integer_and_bool_targets_are_promoted_like_torch(name, reduction, dtype, target_dtype):
+    """torch promotes an integer or bool target to the input's dtype; losskit does the same.
+
+    Where torch computes (mse, smooth_l1; l1 except bool), value and gradient equal its; where
+    torch fails (huber's kernel, l1 on bool), losskit equals its own float-target answer.
+    """
+    x = (torch.randn(3, 4, dtype=torch.float64) * 2).to(dtype)
+    y = torch.randint(0, 3 if target_dtype != torch.bool else 2, (3, 4)).to(target_dtype)
+    kwargs = {"reduction": reduction}
+    ours = getattr(LF, name)
+    if _torch_takes(name, x, y, grad=True) and name != "huber_loss":
+        out = check_against_torch(ours, getattr(F, name), (x, y), kwargs)
+    else:
+        out, (grad,) = forward_backward(ours, (x, y), kwargs)
+        expected, (expected_grad,) = forward_backward(ours, (x, y.to(dtype)), kwargs)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+    assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", ("mse_loss", "l1_loss", "smooth_l1_loss"))
+def test_integer_input_with_floating_target_like_torch(name, dtype):
+    """An integer input (say, quantised predictions) with a floating target: torch's numbers."""
+    x = torch.randint(-3, 4, (3, 4))
+    y = (torch.randn(3, 4, dtype=torch.float64) * 2).to(dtype)
+    for reduction in REDUCTIONS:
+        out = check_against_torch(
+            getattr(LF, name), getattr(F, name), (x, y), {"reduction": reduction}, wrt=(1,)
+        )
+        assert out.dtype == dtype
+
+
+_WEIGHT_DTYPES = [
+    (torch.float32, torch.float64),
+    (torch.float64, torch.float32),
+    (torch.float32, torch.int64),
+    (torch.float64, torch.bool),
+    (torch.bfloat16, torch.float32),
+    (torch.bfloat16, torch.float64),
+    (torch.float32, torch.bfloat16),
+    (torch.float64, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize(("dtype", "weight_dtype"), _WEIGHT_DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", ("mse_loss", "l1_loss", "huber_loss"))
+def test_weight_of_another_dtype_promotes_like_torch(name, reduction, dtype, weight_dtype):
+    """torch multiplies the unweighted loss by the weight: the result has their promoted dtype
+    (a float64 weight on float32 inputs gives a float64 loss), and the weighted mse/l1 mean
+    divides by the weight's sum taken in the weight's own dtype. Integer and bool weights work.
+    """
+    if not torch_has_parameter(F.mse_loss, "weight"):
+        pytest.skip("this torch has no weight argument on the regression losses")
+    x, y = _pair((3, 5), dtype)
+    if weight_dtype.is_floating_point:
+        w = (torch.rand(3, 5, dtype=torch.float64) * 2 + 0.1).to(weight_dtype)
+    else:
+        w = torch.randint(0, 3, (3, 5)).to(weight_dtype)
+        w[0, 0] = 1  # a nonzero weight sum
+    fn = lambda a, b, c, **k: getattr(LF, name)(a, b, weight=c, **k)  # noqa: E731
+    ref = lambda a, b, c, **k: getattr(F, name)(a, b, weight=c, **k)  # noqa: E731
+    kwargs = {"reduction": reduction}
+    wrt = (0, 1) + ((2,) if weight_dtype.is_floating_point else ())
+    narrowed = {dtype, weight_dtype} & {torch.bfloat16}
+    if narrowed and torch.promote_types(dtype, weight_dtype) != torch.bfloat16:
+        # torch rounds a bfloat16 intermediate before promoting; losskit rounds only once
+        check_mixed_dtypes(fn, ref, (x, y, w), kwargs, wrt=wrt)
+    else:
+        out = check_against_torch(fn, ref, (x, y, w), kwargs, wrt=wrt)
+        assert out.dtype == torch.promote_types(dtype, weight_dtype)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_infinite_and_nan_differences_match_torch(name, dtype):
+    """An infinite difference has torch's finite gradient (+-1, +-delta; 2*inf for mse), not NaN;
+    a NaN difference keeps a NaN gradient, as in torch."""
+    inf, nan = float("inf"), float("nan")
+    x = torch.tensor([inf, 1.0, -inf, nan, 0.5, 2.0], dtype=dtype)
+    y = torch.tensor([1.0, inf, 0.0, 0.0, nan, 0.0], dtype=dtype)
+    kwargs = {"beta": 0.5} if name == "smooth_l1_loss" else {}
+    for reduction in REDUCTIONS:
+        check_against_torch(
+            getattr(LF, name),
+            getattr(F, name),
+            (x, y),
+            dict(kwargs, reduction=reduction),
+            wrt=(0, 1),
+        )

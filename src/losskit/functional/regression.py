@@ -26,12 +26,13 @@ def _check(
     normalizer: float | Tensor | None,
     reduction: str,
 ) -> None:
-    V.require_floating("input", input)
-    V.require_floating("target", target)
+    V.require_real("input", input)
+    V.require_real("target", target)
+    V.require_one_floating(input, target)
     V.require_same_device("target", target, "input", input)
     V.require_same_shape(input, target)
     if weight is not None:
-        V.require_floating("weight", weight, what="one weight per element")
+        V.require_real("weight", weight, what="one weight per element")
         V.require_same_device("weight", weight, "input", input)
         if weight.shape != input.shape:
             raise V.LossValueError(
@@ -61,10 +62,15 @@ def _finish(
 ) -> Tensor:
     mean_denominator = None
     if weight is not None:
-        w = weight.to(elementwise.dtype)
-        elementwise = elementwise * w
+        # as torch: the unweighted loss times the weight, in their promoted dtype. One widened
+        # copy of the weight feeds both uses, so a half weight's gradient is rounded once.
+        w = weight.to(compute_dtype(weight))
+        dtype = compute_dtype(elementwise, w)
+        out_dtype = torch.promote_types(out_dtype, weight.dtype)
+        elementwise = elementwise.to(dtype) * w.to(dtype)
         if reduction == "mean" and normalizer is None and weighted_mean_by_weight_sum:
-            # torch divides a weighted MSE/L1 mean by the sum of the weights
+            # torch divides a weighted MSE/L1 mean by the sum of the weights, summed in the
+            # weight's own dtype (half types in float32)
             if mask is not None:
                 w = w.where(mask.expand(w.shape), 0)
             mean_denominator = w.sum()
@@ -95,7 +101,8 @@ def mse_loss(
 
     Args:
         input: predictions ``x``, any shape.
-        target: ``y``, the input's shape.
+        target: ``y``, the input's shape. Either of the two may be an integer or bool tensor
+            (as in torch, it is promoted to the other's floating dtype).
         size_average, reduce: deprecated; mapped to ``reduction`` as torch maps them.
         reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (``'elementwise_mean'`` is the old name of
             ``'mean'``). Default ``'mean'``.
@@ -111,7 +118,7 @@ def mse_loss(
         - Output: scalar, or ``(*)`` with ``reduction='none'``.
 
     Returns:
-        The loss, in the promoted dtype of input and target.
+        The loss, in the promoted dtype of input, target and weight.
 
     Example:
         >>> import torch, losskit.functional as LF
@@ -174,8 +181,12 @@ def _smooth(diff: Tensor, beta: float, slope: float) -> Tensor:
     Written per branch (not as ``slope * smooth``) so each branch rounds as torch's kernel does.
     """
     absdiff = diff.abs()
-    inner = 0.5 * diff * diff if slope == beta else 0.5 * diff * diff / beta
-    return torch.where(absdiff < beta, inner, slope * (absdiff - 0.5 * beta))
+    quadratic = ~(absdiff >= beta)  # NaN goes here, as in torch (its gradient stays NaN)
+    # the quadratic branch sees only its own differences, so an infinite difference sends it a
+    # zero gradient times 0, not times inf (NaN); torch's gradient there is +-slope
+    d = torch.where(quadratic, diff, 0)
+    inner = 0.5 * d * d if slope == beta else 0.5 * d * d / beta
+    return torch.where(quadratic, inner, slope * (absdiff - 0.5 * beta))
 
 
 def smooth_l1_loss(
@@ -238,7 +249,7 @@ def huber_loss(
 
     Equals ``delta * smooth_l1_loss(..., beta=delta)``. ``delta`` must be > 0. As in torch, the
     weighted ``'mean'`` divides by the number of elements (not the weight sum), and the result
-    has the input's dtype.
+    has the input's dtype (promoted with the weight's, when one is given).
 
     Args and Shape: as :func:`mse_loss`, plus ``delta`` (default 1.0).
 
@@ -254,7 +265,7 @@ def huber_loss(
     elementwise = _smooth(diff, delta, delta)
     return _finish(
         elementwise,
-        input.dtype,
+        input.dtype if input.is_floating_point() else result_dtype(input, target),
         reduction,
         weight,
         mask,
