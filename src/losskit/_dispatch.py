@@ -17,7 +17,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from ._validate import LossValueError
+from ._validate import LossValueError, check_inplace_allowed
+from .kernels.recompute import Recompute
 
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -46,6 +47,32 @@ def unsupported_reason(input: Tensor, probabilities: bool) -> str:
     if input.dtype not in FUSED_DTYPES:
         return f"the fused path takes float32, bfloat16 or float16 logits, got {input.dtype}"
     return ""
+
+
+def _rows(input: Tensor) -> Tensor:
+    """The kernels' ``(N, V)`` view of logits ``(C,)``, ``(N, C)`` or ``(N, C, d1..dK)``."""
+    if input.dim() == 1:
+        logits = input.unsqueeze(0)
+    elif input.dim() == 2:
+        logits = input
+    else:  # (N, C, d1..dK): classes last, one row per position (a copy)
+        logits = input.movedim(1, -1).reshape(-1, input.shape[1])
+    return logits if logits.stride(1) == 1 else logits.contiguous()
+
+
+def _ce_recompute(input: Tensor, rows: Tensor, **options: object) -> Recompute:
+    """A create_graph=True backward: the reference's gradient of the kernel's ``(N, V)`` rows."""
+
+    def build(input: Tensor) -> tuple[tuple[Tensor], Tensor]:
+        from .functional.categorical import _reference_cross_entropy
+
+        logits = _rows(input)
+        loss = _reference_cross_entropy(
+            logits, rows, probabilities=False, return_z_loss=False, **options
+        )
+        return (logits,), loss
+
+    return Recompute("cross_entropy", {"input": input}, build)
 
 
 def fused_cross_entropy(
@@ -78,23 +105,28 @@ def fused_cross_entropy(
         return None
 
     out_shape = target.shape
-    if input.dim() == 1:
-        logits = input.unsqueeze(0)
-    elif input.dim() == 2:
-        logits = input
-    else:  # (N, C, d1..dK): classes last, one row per position (a copy)
-        logits = input.movedim(1, -1).reshape(-1, input.shape[1])
-    if logits.stride(1) != 1:
-        logits = logits.contiguous()
+    logits = _rows(input)
     rows = target.reshape(-1).long()
     if mask is not None:
         mask = mask.expand(out_shape).reshape(-1)
+    if inplace_backward:
+        check_inplace_allowed("input", input, logits)
+        recompute = Recompute.unsupported(
+            "cross_entropy", "inplace_backward=True overwrote the logits with their gradient"
+        )
+    else:
+        recompute = _ce_recompute(
+            input, rows, weight=weight, ignore_index=ignore_index, reduction=reduction,
+            label_smoothing=label_smoothing, mask=mask, normalizer=normalizer, z_loss=z_loss,
+            softcap=softcap,
+        )  # fmt: skip
     if normalizer is not None:
         normalizer = torch.as_tensor(normalizer, dtype=torch.float32, device=input.device)
         normalizer = normalizer.reshape(())
     result = backend.cross_entropy(
         logits,
         rows,
+        recompute=recompute,
         weight=None if weight is None else weight.to(torch.float32),
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,

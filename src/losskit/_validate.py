@@ -241,3 +241,25 @@ def check_class_indices(
             f"{classes_of} has {num_classes} classes (dim {class_dim}); valid indices are 0.."
             f"{num_classes - 1}, or ignore_index={ignore_index}"
         )
+
+
+def check_inplace_allowed(name: str, tensor: Tensor, storage_of: Tensor) -> None:
+    """``inplace_backward=True``: refuse to overwrite a leaf that requires grad.
+
+    ``storage_of`` is what the kernel will write into; when it aliases ``tensor`` and ``tensor`` is
+    (a view of) a leaf that requires grad, torch itself would refuse the in-place write.
+    """
+    if not (torch.is_grad_enabled() and tensor.requires_grad):
+        return
+    base = tensor._base if tensor._base is not None else tensor
+    if not base.is_leaf:
+        return
+    if storage_of.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
+        return  # the kernel writes into a copy
+    view = "a view of " if tensor._base is not None else ""
+    raise LossValueError(
+        f"inplace_backward=True would overwrite {name} with its gradient, but {name} is {view}a "
+        "leaf tensor that requires grad (a Parameter, or made with requires_grad=True), which "
+        "torch forbids changing in place; pass logits computed from it (the output of the layer "
+        "that makes them), or leave inplace_backward=False"
+    )

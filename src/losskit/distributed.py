@@ -427,6 +427,22 @@ def _slice_grad(
     return grad
 
 
+def _refuse_create_graph(op: str) -> None:
+    """A backward under ``create_graph=True`` (grad mode on) raises instead of a wrong answer.
+
+    The slice gradient treats the group-wide log-sum-exp as a constant (it came through
+    collectives that autograd does not see), so a graph recorded from it would give a wrong
+    second derivative.
+    """
+    if torch.is_grad_enabled():
+        raise V.LossValueError(
+            f"create_graph=True through {op}: higher-order gradients of the vocabulary-parallel "
+            "losses are not supported (their backward uses collectives autograd does not "
+            "record); all-gather the logits and use losskit.functional.cross_entropy(..., "
+            "impl='reference') to differentiate twice"
+        )
+
+
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Per-row loss of a vocabulary slice; the backward is local to the slice."""
 
@@ -451,6 +467,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor, _: Tensor) -> tuple[Tensor | None, ...]:
+        _refuse_create_graph("vocab_parallel_cross_entropy")
         logits, target, w_local, w_y, wsum, lse = ctx.saved_tensors
         grad = None
         if ctx.needs_input_grad[0]:
@@ -506,6 +523,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor, _: Tensor) -> tuple[Tensor | None, ...]:
+        _refuse_create_graph("vocab_parallel_linear_cross_entropy")
         x, w, b, target, w_local, w_y, wsum, lse = ctx.saved_tensors
         spec, dtype = ctx.spec, ctx.dtype
         need_x, need_w, need_b = ctx.needs_input_grad[:3]

@@ -56,7 +56,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+from ..recompute import Recompute
 
 __all__ = ["CHUNK_BYTES", "CrossEntropyFunction", "cross_entropy", "empty_rows"]
 
@@ -401,6 +402,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         mask: Tensor | None,
         inplace_backward: bool,
         return_z_loss: bool,
+        recompute: Recompute | None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         loss, zterm, grad = _forward(
             logits,
@@ -418,14 +420,17 @@ class CrossEntropyFunction(torch.autograd.Function):
         )
         # In the in-place case a new alias, so that autograd may adopt it as the leaf's .grad.
         ctx.grad = grad.detach() if inplace_backward else grad
+        ctx.recompute = recompute or Recompute.unsupported("cross_entropy", "no recompute rule")
         if zterm is not None:
             ctx.mark_non_differentiable(zterm)
             return loss, zterm
         return loss
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_loss: Tensor, *unused: Tensor):  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
+            ctx.grad = None
+            return ctx.recompute.gradients(grad_loss, ctx.needs_input_grad)
         grad = ctx.grad
         if grad is None:
             raise RuntimeError(
@@ -434,6 +439,7 @@ class CrossEntropyFunction(torch.autograd.Function):
                 "the same graph (retain_graph=True)"
             )
         ctx.grad = None  # our reference would make autograd copy the buffer into .grad
+        ctx.recompute.release()
         if grad_loss.dim() == 0 or grad_loss.numel() <= 1 or grad_loss.stride(0) == 0:
             # One value for every row: a reduced loss, or loss.sum() of the 'none' vector.
             scale = grad_loss.reshape(-1)[0].item() if grad_loss.numel() else 1.0
@@ -441,7 +447,7 @@ class CrossEntropyFunction(torch.autograd.Function):
                 grad.mul_(scale)
         else:
             grad.mul_(grad_loss.unsqueeze(1))
-        return (grad,) + (None,) * 11
+        return (grad,) + (None,) * 12
 
 
 def cross_entropy(
@@ -458,6 +464,7 @@ def cross_entropy(
     mask: Tensor | None,
     inplace_backward: bool,
     return_z_loss: bool,
+    recompute: Recompute | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Cross-entropy of ``(N, V)`` CPU logits and class indices, the gradient made in the forward.
 
@@ -487,6 +494,8 @@ def cross_entropy(
             is wanted: under ``torch.no_grad`` or for logits that do not require grad, the loss
             alone is computed and the logits are left as they are.
         return_z_loss: also return the z term alone, reduced the same way (detached).
+        recompute: how a ``create_graph=True`` backward recomputes a differentiable gradient
+            (:class:`~losskit.kernels.recompute.Recompute`); None: such a backward raises.
 
     Shape:
         - logits: ``(N, V)``; target, mask: ``(N,)``.
@@ -523,7 +532,7 @@ def cross_entropy(
         bool(return_z_loss),
     )
     if torch.is_grad_enabled() and logits.requires_grad:
-        return CrossEntropyFunction.apply(*args)
+        return CrossEntropyFunction.apply(*args, recompute)
     # No gradient wanted (evaluation): the loss alone, no gradient buffer, logits untouched.
     loss, zterm, _ = _forward(*args, want_grad=False)
     return (loss, zterm) if return_z_loss else loss

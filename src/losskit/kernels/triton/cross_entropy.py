@@ -68,7 +68,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+from ..recompute import Recompute
 
 __all__ = [
     "cross_entropy",
@@ -739,13 +740,14 @@ class CrossEntropyFunction(torch.autograd.Function):
     """Forward computes loss and gradient; backward scales the stored gradient by grad_output."""
 
     @staticmethod
-    def forward(ctx, logits, target, weight, mask, normalizer, opt):  # type: ignore[override]
+    def forward(ctx, logits, target, weight, mask, normalizer, opt, recompute):  # type: ignore[override]
         loss, zterm, grad = _forward(logits, target, weight, mask, normalizer, opt, True)
         if opt.inplace:
             # The gradient now lives in the logits' storage: make any other node that saved
             # these logits fail loudly at its backward instead of reading gradient values.
             _increment_version(logits)
         ctx.grad = grad
+        ctx.recompute = recompute or Recompute.unsupported("cross_entropy", "no recompute rule")
         ctx.rowwise = opt.reduction == "none"
         if opt.return_z_loss:
             ctx.mark_non_differentiable(zterm)
@@ -753,8 +755,10 @@ class CrossEntropyFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_loss, *unused):  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
+            ctx.grad = None
+            return ctx.recompute.gradients(grad_loss, ctx.needs_input_grad)
         grad = ctx.grad
         if grad is None:
             raise RuntimeError(
@@ -764,8 +768,9 @@ class CrossEntropyFunction(torch.autograd.Function):
                 "path (impl='reference')"
             )
         ctx.grad = None  # hand the buffer over; frees it as soon as autograd is done with it
+        ctx.recompute.release()
         _scale_grad(grad, grad_loss, ctx.rowwise)
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 def cross_entropy_impl(
@@ -782,6 +787,7 @@ def cross_entropy_impl(
     mask: Tensor | None,
     inplace_backward: bool,
     return_z_loss: bool,
+    recompute: Recompute | None = None,
     impl: str = "auto",
     **plan_options: int,
 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -802,7 +808,7 @@ def cross_entropy_impl(
         plan=plan,
     )
     if torch.is_grad_enabled() and logits.requires_grad:
-        return CrossEntropyFunction.apply(logits, target, weight, mask, normalizer, opt)
+        return CrossEntropyFunction.apply(logits, target, weight, mask, normalizer, opt, recompute)
     # No gradient wanted: compute the loss only (no gradient buffer, logits untouched).
     loss, zterm, _ = _forward(logits, target, weight, mask, normalizer, opt, False)
     return (loss, zterm) if return_z_loss else loss
@@ -822,6 +828,7 @@ def cross_entropy(
     mask: Tensor | None,
     inplace_backward: bool,
     return_z_loss: bool,
+    recompute: Recompute | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Fused cross-entropy on ``(N, V)`` logits with class-index targets (see CONTRACT.md).
 
@@ -845,6 +852,8 @@ def cross_entropy(
         mask: ``(N,)`` bool, False drops the row, or None.
         inplace_backward: write the gradient into the logits' storage (bumps their version).
         return_z_loss: also return the z term alone, reduced the same way (detached).
+        recompute: how a ``create_graph=True`` backward recomputes a differentiable gradient
+            (:class:`~losskit.kernels.recompute.Recompute`); None: such a backward raises.
 
     Shape:
         - logits: ``(N, V)``; target, mask: ``(N,)``.
@@ -879,5 +888,6 @@ def cross_entropy(
         mask=mask,
         inplace_backward=inplace_backward,
         return_z_loss=return_z_loss,
+        recompute=recompute,
         impl=DEFAULT_IMPL,
     )
