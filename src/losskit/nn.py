@@ -8,6 +8,8 @@ are registered buffers, so they follow ``.to(device)`` and land in ``state_dict`
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 from . import _validate as V
@@ -538,14 +540,20 @@ class LinearCrossEntropyLoss(_Loss):
         accumulate: str = "auto",
         validate: bool = True,
     ) -> None:
-        if tuple(out_features) != ():
+        out_features = tuple(out_features)
+        if any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in out_features):
             raise V.LossValueError(
-                f"out_features={tuple(out_features)!r}: K-dimensional heads are not supported; "
-                "flatten the extra dimensions into the classes"
+                f"out_features must be a tuple of positive ints (d1, ..., dK), got {out_features!r}"
             )
-        linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
+        # As torch does: one nn.Linear of C * d1..dK outputs, reshaped to (C, d1..dK, D) per call.
+        linear = nn.Linear(
+            in_features, math.prod(out_features, start=num_classes), bias=bias, device=device,
+            dtype=dtype,
+        )  # fmt: skip
         self._setup(
             linear,
+            num_classes=num_classes,
+            out_features=out_features,
             reduction=reduction,
             weight=weight,
             ignore_index=ignore_index,
@@ -583,6 +591,8 @@ class LinearCrossEntropyLoss(_Loss):
         obj = cls.__new__(cls)
         obj._setup(
             linear,
+            num_classes=linear.out_features,
+            out_features=(),
             reduction=reduction,
             weight=weight,
             ignore_index=ignore_index,
@@ -602,6 +612,8 @@ class LinearCrossEntropyLoss(_Loss):
         self,
         linear: nn.Linear,
         *,
+        num_classes: int,
+        out_features: tuple[int, ...],
         reduction: str,
         weight: Tensor | None,
         ignore_index: int | None,
@@ -620,6 +632,8 @@ class LinearCrossEntropyLoss(_Loss):
         if weight is not None:
             V.require_tensor("weight", weight)
         self.linear = linear
+        self.num_classes = num_classes
+        self.out_features = out_features
         self.register_buffer("weight", weight)
         self.weight: Tensor | None
         self.ignore_index = ignore_index
@@ -640,7 +654,8 @@ class LinearCrossEntropyLoss(_Loss):
     def _options(self) -> dict:
         opts = {
             "in_features": self.linear.in_features,
-            "num_classes": self.linear.out_features,
+            "num_classes": self.num_classes,
+            **({"out_features": self.out_features} if self.out_features else {}),
             "bias": self.linear.bias is not None,
             "reduction": self.reduction,
         }
@@ -670,11 +685,15 @@ class LinearCrossEntropyLoss(_Loss):
         mask: Tensor | None = None,
         normalizer: float | Tensor | None = None,
     ) -> Tensor:
+        weight, bias = self.linear.weight, self.linear.bias
+        if self.out_features:  # the (C * d1..dK, D) Linear as the (C, d1..dK, D) head
+            weight = weight.reshape(self.num_classes, *self.out_features, weight.shape[-1])
+            bias = None if bias is None else bias.reshape(self.num_classes, *self.out_features)
         return LF.linear_cross_entropy(
             input,
-            self.linear.weight,
+            weight,
             target,
-            linear_bias=self.linear.bias,
+            linear_bias=bias,
             weight=self.weight,
             reduction=self.reduction,
             ignore_index=self.ignore_index,

@@ -10,6 +10,9 @@ chunk of logits exists at a time; it is exact (no gradient is skipped or filtere
 from __future__ import annotations
 
 import importlib
+import math
+import warnings
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
@@ -19,7 +22,8 @@ from torch import Tensor
 
 from .. import _validate as V
 from .._reduction import resolve
-from .categorical import cross_entropy
+from ..kernels.recompute import Recompute
+from .categorical import _reference_cross_entropy, cross_entropy
 
 __all__ = ["linear_cross_entropy"]
 
@@ -34,16 +38,31 @@ FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Call:
+    """What a validated call's shapes say (torch 2.13's contract)."""
+
+    probabilities: bool  # the target holds probabilities (it has the logits' shape)
+    out_features: tuple[int, ...]  # (d1..dK) of a K-dimensional head; () for a plain one
+    index_shape: torch.Size  # the class-index target's (and the 'none' output's) shape
+    logits_shape: torch.Size  # (*lead, C, d1..dK)
+
+
 def _check(
     input: Tensor,
     linear_weight: Tensor,
     target: Tensor,
     linear_bias: Tensor | None,
     weight: Tensor | None,
-    ignore_index: int,
+    ignore_index: int | None,
     validate: bool,
-) -> bool:
-    """Check a call; return True for probability targets, False for class indices."""
+) -> _Call:
+    """Check a call against torch 2.13's ``F.linear_cross_entropy`` contract, plus lead dims.
+
+    ``linear_weight`` is ``(C, in_features)`` or ``(C, d1..dK, in_features)``; the logits are
+    ``(*lead, C, d1..dK)`` for ``input`` of shape ``(*lead, in_features)`` (a K-dimensional head
+    needs ``(N, in_features)``, as in torch); a target of the logits' shape holds probabilities.
+    """
     V.require_floating("input", input, what="hidden states")
     V.require_floating("linear_weight", linear_weight, what="the head's weight")
     V.require_tensor("target", target)
@@ -53,44 +72,71 @@ def _check(
             "a 0-dim tensor"
         )
     d = input.shape[-1]
-    if linear_weight.dim() != 2:
+    if linear_weight.dim() < 2:
         raise V.LossValueError(
-            f"linear_weight must have shape (num_classes, in_features), got shape "
-            f"{V.shape_str(linear_weight.shape)}"
+            f"linear_weight must have shape (num_classes, in_features) or (num_classes, d1, ..., "
+            f"dK, in_features), got shape {V.shape_str(linear_weight.shape)}"
         )
-    num_classes, in_features = linear_weight.shape
+    num_classes, in_features = linear_weight.shape[0], linear_weight.shape[-1]
+    out_features = tuple(linear_weight.shape[1:-1])
     if in_features != d:
         raise V.LossValueError(
             f"linear_weight has shape {V.shape_str(linear_weight.shape)}: {in_features} input "
-            f"features (dim 1), but input of shape {V.shape_str(input.shape)} has {d} (last dim)"
+            f"features (dim {linear_weight.dim() - 1}), but input of shape "
+            f"{V.shape_str(input.shape)} has {d} (last dim)"
+        )
+    if out_features and input.dim() != 2:
+        raise V.LossValueError(
+            f"linear_weight of shape {V.shape_str(linear_weight.shape)} makes a K-dimensional loss "
+            f"(logits (N, {num_classes}, {', '.join(map(str, out_features))})), which needs input "
+            f"of shape (N, {d}), got {V.shape_str(input.shape)}"
+            + (": use input.unsqueeze(0)" if input.dim() == 1 else f": use input.reshape(-1, {d})")
         )
     V.require_same_device("linear_weight", linear_weight, "input", input)
     V.require_same_dtype("linear_weight", linear_weight, "input", input)
     if linear_bias is not None:
         V.require_floating("linear_bias", linear_bias)
-        if linear_bias.shape != (num_classes,):
+        bias_shape = (num_classes, *out_features)
+        if tuple(linear_bias.shape) != bias_shape:
             raise V.LossValueError(
-                f"linear_bias must have shape ({num_classes},), one value per class, got shape "
-                f"{V.shape_str(linear_bias.shape)}"
+                f"linear_bias must have shape {V.shape_str(bias_shape)}, one value per logit of "
+                f"a position, got shape {V.shape_str(linear_bias.shape)}"
             )
         V.require_same_device("linear_bias", linear_bias, "input", input)
         V.require_same_dtype("linear_bias", linear_bias, "input", input)
     V.check_class_weight(weight, num_classes, input)
     V.require_same_device("target", target, "input", input)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+    ):
         raise V.LossTypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
 
-    index_shape = input.shape[:-1]
+    lead = tuple(input.shape[:-1])
+    logits_shape = torch.Size([*lead, num_classes, *out_features])
+    index_shape = torch.Size([*lead, *out_features])
+    call = _Call(target.shape == logits_shape, out_features, index_shape, logits_shape)
+    if call.probabilities:
+        if not target.is_floating_point():
+            raise V.LossTypeError(
+                f"target has the logits' shape {V.shape_str(logits_shape)}, the shape of class "
+                f"probabilities, but dtype {target.dtype}; probabilities (one-hot included) must "
+                f"be floating: use target.float(), or pass class indices of shape "
+                f"{V.shape_str(index_shape)}"
+            )
+        if ignore_index is not None:
+            raise V.LossValueError(
+                f"ignore_index={ignore_index} applies to class-index targets only (torch raises "
+                "too); to leave out positions of a probability target, pass mask= (True where "
+                "the position counts)"
+            )
+        if validate:
+            V.check_unit_interval("target", target, what="class probabilities")
+        return call
     if target.is_floating_point():
-        prob_shape = torch.Size([*index_shape, num_classes])
-        if target.shape == prob_shape:
-            if validate:
-                V.check_unit_interval("target", target, what="class probabilities")
-            return True
         raise V.LossValueError(
             f"target has shape {V.shape_str(target.shape)} and dtype {target.dtype}; expected "
             f"integer class indices of shape {V.shape_str(index_shape)} or probabilities of "
-            f"shape {V.shape_str(prob_shape)}"
+            f"shape {V.shape_str(logits_shape)}"
             + (
                 " (class indices must be integers: use target.long())"
                 if target.shape == index_shape
@@ -104,18 +150,22 @@ def _check(
         )
     if target.shape != index_shape:
         hint = ""
-        if target.shape == torch.Size([*index_shape, 1]):
+        if not out_features and target.shape == torch.Size([*index_shape, 1]):
             hint = ": drop the size-1 dimension with target.squeeze(-1)"
-        elif target.numel() == input.numel() // max(d, 1) and input.dim() > 1:
+        elif target.numel() == index_shape.numel() and input.dim() > 1:
             hint = f": reshape it with target.reshape({tuple(index_shape)})"
         raise V.LossValueError(
             f"target has shape {V.shape_str(target.shape)}, but input of shape "
-            f"{V.shape_str(input.shape)} needs one class index per row, shape "
+            f"{V.shape_str(input.shape)} and linear_weight of shape "
+            f"{V.shape_str(linear_weight.shape)} need one class index per position, shape "
             f"{V.shape_str(index_shape)}{hint}"
         )
     if validate:
-        V.check_class_indices(target, num_classes, ignore_index, 0, classes_of="linear_weight")
-    return False
+        V.check_class_indices(
+            target, num_classes, -100 if ignore_index is None else ignore_index, 0,
+            classes_of="linear_weight",
+        )  # fmt: skip
+    return call
 
 
 def _check_options(
@@ -186,6 +236,8 @@ def _fused(
     chunk_size: int | None,
     memory_budget: int | str,
     accumulate: str,
+    retain_graph: bool,
+    recompute: Recompute,
 ) -> Tensor:
     """The chunked path on 2-D inputs."""
     from ..kernels.cpu.linear_cross_entropy import plan_chunks
@@ -202,6 +254,7 @@ def _fused(
         x.contiguous(), w.contiguous(), target, bias=bias, weight=weight,
         ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
         softcap=softcap, reduction=reduction, normalizer=normalizer, mask=mask, plan=plan,
+        retain_graph=retain_graph, recompute=recompute,
     )  # fmt: skip
 
 
@@ -222,12 +275,6 @@ def _fused_for_this_call():
     if _FUSED_EAGER is None:
         _FUSED_EAGER = torch.compiler.disable(_fused)
     return _FUSED_EAGER
-
-
-def _options_chunk_size(options: object | None) -> int | None:
-    """``batch_chunk_size`` of a torch ``LinearCrossEntropyOptions``, if it sets one."""
-    size = getattr(options, "batch_chunk_size", None)
-    return size if isinstance(size, int) and size > 0 else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,53 +390,132 @@ def linear_cross_entropy(
     normalizer, z-loss and softcap terms.
     """
     reduction = resolve(reduction)
-    if ignore_index is None:
-        ignore_index = -100
     label_smoothing = V.check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
     z_loss = V.check_float_option("z_loss", z_loss, low=0.0)
     if softcap is not None:
         softcap = V.check_float_option("softcap", softcap, low=0.0, low_open=True)
     _check_options(impl, chunk_size, memory_budget, accumulate)
-    if chunk_size is None:
-        chunk_size = _options_chunk_size(options)
-    probabilities = _check(
-        input, linear_weight, target, linear_bias, weight, ignore_index, validate
-    )
-    index_shape = input.shape[:-1]
-    V.check_mask(mask, index_shape)
+    chunk_size, accumulate, retain = _apply_options(options, chunk_size, accumulate)
+    call = _check(input, linear_weight, target, linear_bias, weight, ignore_index, validate)
+    ignore_index = -100 if ignore_index is None else ignore_index
+    V.check_mask(mask, call.index_shape)
     V.check_normalizer(normalizer, reduction)
-
-    d = input.shape[-1]
-    num_classes = linear_weight.shape[0]
-    x = input.reshape(-1, d)
-    flat_mask = None if mask is None else mask.expand(index_shape).reshape(-1)
     options_ = dict(
         weight=weight, ignore_index=ignore_index, reduction=reduction,
-        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-        normalizer=normalizer, mask=flat_mask,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, normalizer=normalizer,
     )  # fmt: skip
 
     if impl != "reference":
-        reason = ""
+        reason = _unfused_reason(input, call)
         backend = None
-        if probabilities:
-            reason = "the fused path takes class-index targets only"
-        elif input.dtype not in FUSED_DTYPES:
-            reason = f"the fused path takes float32, bfloat16 or float16, got {input.dtype}"
-        else:
+        if not reason:
             backend, reason = _backend(input.device)
-        if reason:
-            if impl == "fused":
-                raise V.LossValueError(f"impl='fused' cannot run this call: {reason}")
-        else:
+        if not reason:
+            d = input.shape[-1]
+            flat_mask = None if mask is None else mask.expand(call.index_shape).reshape(-1)
+            rows = target.reshape(-1).long()
+            recompute = _recompute(input, linear_weight, linear_bias, rows, flat_mask, options_)
             loss = _fused_for_this_call()(
-                backend, x, linear_weight, target.reshape(-1).long(), bias=linear_bias,
+                backend, input.reshape(-1, d), linear_weight, rows, bias=linear_bias,
                 chunk_size=chunk_size, memory_budget=memory_budget, accumulate=accumulate,
-                **options_,
+                retain_graph=retain, recompute=recompute, mask=flat_mask, **options_,
             )  # fmt: skip
-            return loss.reshape(index_shape) if reduction == "none" else loss
+            return loss.reshape(call.index_shape) if reduction == "none" else loss
+        if impl == "fused":
+            raise V.LossValueError(f"impl='fused' cannot run this call: {reason}")
+        if options is not None:
+            warnings.warn(
+                f"linear_cross_entropy: options ignored, this call takes the reference path "
+                f"({reason})",
+                UserWarning,
+                stacklevel=2,
+            )
+    logits, target, mask = _reference_layout(input, linear_weight, linear_bias, target, mask, call)
+    loss = cross_entropy(logits, target, impl="reference", validate=False, mask=mask, **options_)
+    return loss.reshape(call.index_shape) if reduction == "none" else loss
 
-    logits = F.linear(x, linear_weight, linear_bias)
-    t = target.reshape(-1, num_classes) if probabilities else target.reshape(-1)
-    loss = cross_entropy(logits, t, impl="reference", validate=False, **options_)
-    return loss.reshape(index_shape) if reduction == "none" else loss
+
+def _unfused_reason(input: Tensor, call: _Call) -> str:
+    """Why the chunked path does not take this call ('' when it does)."""
+    if call.probabilities:
+        return "the fused path takes class-index targets only"
+    if call.out_features:
+        return "the fused path takes 2-D heads (num_classes, in_features) only"
+    if input.dtype not in FUSED_DTYPES:
+        return f"the fused path takes float32, bfloat16 or float16, got {input.dtype}"
+    return ""
+
+
+def _reference_layout(
+    input: Tensor,
+    linear_weight: Tensor,
+    linear_bias: Tensor | None,
+    target: Tensor,
+    mask: Tensor | None,
+    call: _Call,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Logits, target and mask in ``cross_entropy``'s layout, the logits made by one GEMM.
+
+    A K-dimensional head (input ``(N, D)``) gives ``(N, C, d1..dK)``; a plain head gives
+    ``(C,)`` or ``(N, C)``, with any further lead dims of the input flattened into the rows.
+    """
+    num_classes = linear_weight.shape[0]
+    if call.out_features:
+        flat = math.prod(call.out_features, start=num_classes)
+        w = linear_weight.reshape(flat, linear_weight.shape[-1])
+        b = None if linear_bias is None else linear_bias.reshape(flat)
+        return F.linear(input, w, b).reshape(call.logits_shape), target, mask
+    logits = F.linear(input, linear_weight, linear_bias)
+    if input.dim() <= 2:
+        return logits, target, mask
+    logits = logits.reshape(-1, num_classes)
+    target = target.reshape(-1, num_classes) if call.probabilities else target.reshape(-1)
+    if mask is not None:
+        mask = mask.expand(call.index_shape).reshape(-1)
+    return logits, target, mask
+
+
+def _apply_options(
+    options: object | None, chunk_size: int | None, accumulate: str
+) -> tuple[int | None, str, bool]:
+    """What a torch ``LinearCrossEntropyOptions`` means here: (chunk_size, accumulate, retain).
+
+    ``batch_chunk_size`` sets the rows per chunk (unless ``chunk_size`` does), ``acc_dtype=
+    torch.float32`` forces the float32 ``dW`` accumulator (unless ``accumulate`` is set), and
+    ``allow_retain_graph=True`` lets a second backward run through the same graph. Its other
+    fields (``chunking_method``, ``acc_policy``) are torch's own heuristics: losskit's planner
+    and ``memory_budget`` choose instead.
+    """
+    if options is None:
+        return chunk_size, accumulate, False
+    size = getattr(options, "batch_chunk_size", None)
+    if chunk_size is None and isinstance(size, int) and size > 0:
+        chunk_size = size
+    if accumulate == "auto" and getattr(options, "acc_dtype", None) == torch.float32:
+        accumulate = "float32"
+    return chunk_size, accumulate, bool(getattr(options, "allow_retain_graph", False))
+
+
+def _recompute(
+    input: Tensor,
+    linear_weight: Tensor,
+    linear_bias: Tensor | None,
+    rows: Tensor,
+    mask: Tensor | None,
+    options: dict,
+) -> Recompute:
+    """A create_graph=True backward: the reference's gradients of the chunked op's inputs."""
+
+    def build(
+        input: Tensor, linear_weight: Tensor, linear_bias: Tensor | None
+    ) -> tuple[tuple[Tensor, Tensor, Tensor | None], Tensor]:
+        x = input.reshape(-1, input.shape[-1]).contiguous()
+        w = linear_weight.contiguous()
+        logits = F.linear(x, w, linear_bias)
+        loss = _reference_cross_entropy(
+            logits, rows, probabilities=False, mask=mask, return_z_loss=False, **options
+        )
+        return (x, w, linear_bias), loss
+
+    sources = {"input": input, "linear_weight": linear_weight, "linear_bias": linear_bias}
+    return Recompute("linear_cross_entropy", sources, build)

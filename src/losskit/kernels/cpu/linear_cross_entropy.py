@@ -56,8 +56,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from ..recompute import Recompute
 from .cross_entropy import CHUNK_BYTES, empty_rows
 
 __all__ = [
@@ -662,12 +662,17 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         opts: LossOptions,
         plan: ChunkPlan,
         epi,
+        retain_graph: bool,
+        recompute: Recompute | None,
     ) -> Tensor:
         want = tuple(bool(f) for f in ctx.needs_input_grad[:3])
+        ctx.recompute = recompute or Recompute.unsupported(
+            "linear_cross_entropy", "no recompute rule"
+        )
         if bias is None:
             want = (want[0], want[1], False)
         info = row_info(target, weight, mask, normalizer, opts)
-        ctx.opts, ctx.plan, ctx.epi = opts, plan, epi
+        ctx.opts, ctx.plan, ctx.epi, ctx.retain = opts, plan, epi, retain_graph
         ctx.deferred = opts.reduction == "none"
         if ctx.deferred:
             loss_rows, *_ = run_chunks(x, w, bias, info, plan, epi, (False, False, False))
@@ -680,9 +685,12 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         return _reduce(loss_rows, info, opts.reduction, x.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        tail = (None,) * 7
+        tail = (None,) * 9
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients
+            if not ctx.retain:
+                ctx.grads = None
+            return ctx.recompute.gradients(grad_loss, ctx.needs_input_grad)
         if ctx.deferred:
             x, w, bias = ctx.saved_tensors
             _, dx, dw, db = run_chunks(
@@ -695,10 +703,15 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             raise RuntimeError(
                 "losskit's fused linear_cross_entropy computes its gradients once, in the "
                 "forward, and hands them to the first backward; a second backward through the "
-                "same graph (retain_graph=True) is not supported: recompute the loss, or use "
-                "impl='reference'"
+                "same graph (retain_graph=True) needs options=torch.nn.LinearCrossEntropyOptions("
+                "allow_retain_graph=True) (one more copy of the gradients); or recompute the "
+                "loss, or use impl='reference'"
             )
-        ctx.grads = None
+        if ctx.retain:  # allow_retain_graph: scale copies, keep the originals for the next one
+            grads = [None if t is None else t.clone() for t in grads]
+        else:
+            ctx.grads = None
+            ctx.recompute.release()
         for t in grads:
             if t is not None and t.numel():
                 epi_scale(ctx.epi, t, grad_loss)
@@ -730,6 +743,8 @@ def linear_cross_entropy(
     mask: Tensor | None,
     plan: ChunkPlan,
     epilogue=None,
+    retain_graph: bool = False,
+    recompute: Recompute | None = None,
 ) -> Tensor:
     r"""Chunked ``cross_entropy(x @ w.T + bias, target)`` of validated 2-D inputs.
 
@@ -748,6 +763,10 @@ def linear_cross_entropy(
         mask: ``(N,)`` bool (True = counts), or None.
         plan: from :func:`plan_chunks`.
         epilogue: the backend's epilogue (default :class:`TorchEpilogue`, the CPU one).
+        retain_graph: keep the gradients for a second backward through the same graph (one more
+            copy of them; torch's ``allow_retain_graph``). Default: the first backward takes them.
+        recompute: how a ``create_graph=True`` backward recomputes differentiable gradients
+            (:class:`~losskit.kernels.recompute.Recompute`); None: such a backward raises.
 
     Shape:
         Output ``(N,)`` for ``'none'``, else ``()``; dtype of ``x``.
@@ -772,7 +791,7 @@ def linear_cross_entropy(
     wf = None if weight is None else weight.to(_F32)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias)):
         return LinearCrossEntropyFunction.apply(
-            x, w, bias, target, wf, mask, normalizer, opts, plan, epilogue
+            x, w, bias, target, wf, mask, normalizer, opts, plan, epilogue, retain_graph, recompute
         )
     info = row_info(target, wf, mask, normalizer, opts)
     loss_rows, *_ = run_chunks(x, w, bias, info, plan, epilogue, (False, False, False))

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..cpu import linear_cross_entropy as chunked
 from ..cpu.linear_cross_entropy import Chunk, ChunkPlan, LossOptions, TorchEpilogue
+from ..recompute import Recompute
 from . import cross_entropy as ce
 from .cross_entropy import _grad_block, _load_logits, _online_block
 
@@ -229,6 +230,8 @@ def linear_cross_entropy(
     normalizer: Tensor | None,
     mask: Tensor | None,
     plan: ChunkPlan,
+    retain_graph: bool = False,
+    recompute: Recompute | None = None,
 ) -> Tensor:
     r"""Chunked ``cross_entropy(x @ w.T + bias, target)`` on CUDA (or Triton's interpreter).
 
@@ -263,7 +266,8 @@ def linear_cross_entropy(
         x, w, target, bias=bias, weight=weight, ignore_index=ignore_index,
         label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, reduction=reduction,
         normalizer=normalizer, mask=mask, plan=plan,
-        epilogue=TritonEpilogue(weight, w.shape[0], opts),
+        epilogue=TritonEpilogue(weight, w.shape[0], opts), retain_graph=retain_graph,
+        recompute=recompute,
     )  # fmt: skip
 
 
