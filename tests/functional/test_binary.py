@@ -264,3 +264,68 @@ def test_random_shapes_and_arguments(shape, weight, pos_weight, reduction, dtype
     check_against_torch(
         LF.binary_cross_entropy, F.binary_cross_entropy, (p, y, w), {"reduction": reduction}
     )
+
+
+# --------------------------------------------------------------------------------------------
+# the torch 2.13 audit: integer weights, weight gradients, weight dtypes
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weight_dtype", (torch.int64, torch.bool), ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", ("binary_cross_entropy", "binary_cross_entropy_with_logits"))
+def test_integer_and_bool_weights_like_torch(name, reduction, dtype, weight_dtype):
+    """torch takes an integer or bool weight (and pos_weight) and promotes it; so does losskit."""
+    logits = name.endswith("logits")
+    x = torch.randn(3, 4, dtype=torch.float64)
+    x = (x if logits else torch.sigmoid(x)).to(dtype)
+    y = _targets((3, 4), dtype)
+    w = torch.tensor([0, 1, 2, 3]).to(weight_dtype)
+    kwargs = {"reduction": reduction, "weight": w}
+    if logits and weight_dtype != torch.bool:  # torch fails on a bool pos_weight (pos_weight - 1)
+        kwargs["pos_weight"] = torch.tensor([1, 3, 0, 2])
+    out = check_against_torch(getattr(LF, name), getattr(F, name), (x, y), kwargs, wrt=(0, 1))
+    assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("reduction", ("mean", "sum"))
+@pytest.mark.parametrize("name", ("binary_cross_entropy", "binary_cross_entropy_with_logits"))
+def test_weight_and_pos_weight_have_gradients_where_torch_refuses(name, reduction):
+    """torch raises when weight or pos_weight requires grad; the loss is linear in the weight,
+    so losskit gives its gradient: the unweighted elementwise loss, summed over broadcasting."""
+    logits = name.endswith("logits")
+    x = torch.randn(3, 4, dtype=torch.float64)
+    x = x if logits else torch.sigmoid(x)
+    y = _targets((3, 4), torch.float64)
+    w = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        getattr(F, name)(x, y, w, reduction=reduction)
+    getattr(LF, name)(x, y, w, reduction=reduction).backward()
+    scale = 1 / x.numel() if reduction == "mean" else 1.0
+    unweighted = getattr(F, name)(x, y, reduction="none")
+    assert_close_to_torch(w.grad, unweighted.sum(0) * scale)
+    if logits:
+        p = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()
+        LF.binary_cross_entropy_with_logits(x, y, pos_weight=p, reduction=reduction).backward()
+        # d/dp of -(p y log s(x) + (1 - y) log(1 - s(x))) is -y log s(x)
+        expected = (-y * F.logsigmoid(x)).sum(0) * scale
+        assert_close_to_torch(p.grad, expected)
+
+
+@pytest.mark.parametrize("kind", ("weight", "pos_weight"))
+def test_bce_with_logits_weight_of_another_dtype_promotes(kind):
+    """A deliberate difference (README): torch returns the target's dtype whatever the weight's
+    (float32 for a float64 weight on float32 logits); losskit the promoted float64, exact."""
+    x = torch.randn(3, 4) * 3
+    y = torch.rand(3, 4)
+    w = torch.rand(4, dtype=torch.float64) + 0.5
+    theirs = F.binary_cross_entropy_with_logits(x, y, reduction="none", **{kind: w})
+    ours = LF.binary_cross_entropy_with_logits(x, y, reduction="none", **{kind: w})
+    assert theirs.dtype == torch.float32
+    assert ours.dtype == torch.float64
+    truth = F.binary_cross_entropy_with_logits(
+        x.double(), y.double(), reduction="none", **{kind: w}
+    )
+    assert_close_to_torch(ours, truth)
+    torch.testing.assert_close(ours.float(), theirs, rtol=1e-6, atol=1e-6)

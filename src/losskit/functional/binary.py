@@ -36,7 +36,7 @@ def _check(
     V.require_same_device("target", target, "input", input)
     V.require_same_shape(input, target)
     if weight is not None:
-        V.require_floating("weight", weight)
+        V.require_real("weight", weight)
         V.require_same_device("weight", weight, "input", input)
         V.require_broadcastable_to("weight", weight, target.shape, "the target")
     V.check_mask(mask, target.shape)
@@ -180,7 +180,7 @@ def binary_cross_entropy_with_logits(
     label_smoothing = V.check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
     _check(input, target, weight, mask, normalizer, reduction, validate)
     if pos_weight is not None:
-        V.require_floating("pos_weight", pos_weight)
+        V.require_real("pos_weight", pos_weight)
         V.require_same_device("pos_weight", pos_weight, "input", input)
         V.require_broadcastable_to("pos_weight", pos_weight, target.shape, "the target")
     tensors = [t for t in (input, target, weight, pos_weight) if t is not None]
