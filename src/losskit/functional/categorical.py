@@ -121,7 +121,7 @@ def check_classification(
             f"dtype {target.dtype}"
         )
     if target.shape != index_shape:
-        _explain_index_shape(input, target, index_shape, input_name)
+        _explain_index_shape(input, target, index_shape, input_name, allow_probabilities)
     if validate:
         if mask is not None:
             V.check_mask(mask, index_shape)
@@ -367,7 +367,8 @@ def cross_entropy(
             reference is faster.
         inplace_backward: keyword-only, fused path only: write the gradient into the logits'
             storage (no N x V allocation). The logits are overwritten; autograd raises if another
-            operation still needs them.
+            operation still needs them, and losskit raises for (a view of) a leaf that requires
+            grad (as torch forbids in-place changes to one). No second-order gradient.
         validate: keyword-only; ``False`` skips the value checks (index range, probabilities).
 
     Shape:
@@ -377,6 +378,13 @@ def cross_entropy(
 
     Returns:
         The loss (and the z term when ``return_z_loss``), in the input's dtype.
+
+    Notes:
+        The fused path computes its gradient in the forward. Under ``create_graph=True``
+        (gradient penalties, Hessian-vector products) its backward recomputes the gradient with
+        the reference's differentiable ops, so second derivatives are torch's; it needs the
+        logits then: ones over 16 MiB are held only weakly, and if they were freed (or
+        overwritten by ``inplace_backward``) the backward raises ``LossValueError`` instead.
 
     Example:
         >>> import torch, losskit.functional as LF

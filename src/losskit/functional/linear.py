@@ -335,17 +335,25 @@ def linear_cross_entropy(
     of chunks. ``accumulate='float32'`` forces the float32 accumulator (``V * D * 4`` more bytes).
 
     Args:
-        input: hidden states ``(N, D)``, ``(B, T, D)`` (any leading dims) or ``(D,)``.
-        linear_weight: the head's weight ``(V, D)``, same dtype and device as ``input``.
-        target: class indices of shape ``input.shape[:-1]``, or probabilities of shape
-            ``input.shape[:-1] + (V,)`` (those take the reference path).
-        linear_bias: optional ``(V,)`` bias of the head.
+        input: hidden states ``(N, D)``, ``(B, T, D)`` (any leading dims) or ``(D,)``; a
+            K-dimensional head needs ``(N, D)``, as in torch.
+        linear_weight: the head's weight ``(V, D)``, or ``(V, d1..dK, D)`` for a K-dimensional
+            loss (logits ``(N, V, d1..dK)``, softmax over ``V`` per position), same dtype and
+            device as ``input``.
+        target: class indices (any integer dtype) of the logits' shape without ``V``, or
+            probabilities of the logits' shape (those take the reference path).
+        linear_bias: optional bias of shape ``(V,)`` (``(V, d1..dK)`` for a K-dimensional head).
         weight: optional ``(V,)`` class weights.
         reduction: ``'none'`` | ``'mean'`` | ``'sum'``. Default ``'mean'``.
-        ignore_index: class index that is skipped; None (torch's default) means -100.
+        ignore_index: class index that is skipped; None (torch's default) means -100 for class
+            indices and must stay None for probabilities (torch raises otherwise).
         label_smoothing: in [0, 1]. Default 0.
-        options: accepted for torch's signature; a ``torch.nn.LinearCrossEntropyOptions`` with
-            ``batch_chunk_size`` sets ``chunk_size``, everything else in it is ignored.
+        options: a ``torch.nn.LinearCrossEntropyOptions``, torch's switch to its chunked path
+            (losskit's ``'auto'`` takes the chunked path without it): ``batch_chunk_size`` sets
+            ``chunk_size``, ``acc_dtype=torch.float32`` sets ``accumulate='float32'``,
+            ``allow_retain_graph=True`` allows a second backward (one more copy of the
+            gradients); ``chunking_method`` and ``acc_policy`` are left to losskit's planner. A
+            call the chunked path cannot take warns, as torch's does, and runs the reference.
         z_loss: keyword-only coefficient of the ``lse^2`` term. Default 0.
         softcap: keyword-only ``s``: logits become ``s * tanh(z / s)``. Default None.
         normalizer: keyword-only; with ``'mean'``, divide the summed loss by this instead.
@@ -362,16 +370,21 @@ def linear_cross_entropy(
 
     Shape:
         - Input: ``(*, D)``; linear_weight ``(V, D)``; linear_bias, weight ``(V,)``.
-        - Target: ``(*)`` class indices.
-        - Output: scalar; with ``'none'`` the target's shape ``(*)``.
+        - Or: input ``(N, D)``; linear_weight ``(V, d1..dK, D)``; linear_bias ``(V, d1..dK)``.
+        - Target: class indices ``(*)`` / ``(N, d1..dK)``, or probabilities of the logits'
+          shape ``(*, V)`` / ``(N, V, d1..dK)``.
+        - Output: scalar; with ``'none'`` the class-index shape.
 
     Returns:
         The loss, in the input's dtype.
 
     Notes:
         The fused path computes its gradients once: a second backward through the same graph
-        (``retain_graph=True``) raises for ``'mean'``/``'sum'``; higher-order gradients are not
-        supported (use ``impl='reference'``). Under ``torch.compile`` the fused call runs
+        (``retain_graph=True``) raises for ``'mean'``/``'sum'`` unless ``options`` allows it.
+        Under ``create_graph=True`` its backward recomputes the gradients with the reference's
+        differentiable ops (torch's second derivative), from the inputs; an input over 16 MiB
+        is held only weakly, and if it was freed by then the backward raises (keep a reference
+        to it, or use ``impl='reference'``). Under ``torch.compile`` the fused call runs
         eagerly (a graph break, ``torch.compiler.disable``); the code around it compiles.
 
     Example:
