@@ -292,3 +292,30 @@ def test_errors_where_torch_raises(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         LF.linear_cross_entropy(args.pop("input"), args.pop("linear_weight"), args.pop("target"),
                                 **args)  # fmt: skip
+
+
+@pytest.mark.parametrize("target_form", ["indices", "probabilities"])
+def test_losskit_keywords_on_k_dimensional_and_lead_dim_calls(target_form):
+    """z_loss, softcap, mask and normalizer keep their meaning on every shape form: the call
+    equals cross_entropy of the logits torch's contract defines."""
+    probabilities = target_form == "probabilities"
+    kw = dict(z_loss=1e-2, softcap=3.0, normalizer=5.0)
+    lead_kw = dict(z_loss=1e-2, softcap=3.0)
+    # K-dimensional head: logits (N, C, d1, d2)
+    x, w, t, b = make((4, D), (2, 3), torch.float64, probabilities=probabilities, bias=True)
+    mask = torch.rand(4, 2, 3, generator=torch.Generator().manual_seed(5)) > 0.3
+    ours = LF.linear_cross_entropy(x, w, t, linear_bias=b, mask=mask, **kw)
+    logits = torch.einsum("nd,cijd->ncij", x, w) + b
+    torch.testing.assert_close(ours, LF.cross_entropy(logits, t, mask=mask, **kw))
+    # plain head with lead dims (B, T, D): logits (B, T, C), one row per (b, t)
+    x, w, t, b = make((2, 3, D), (), torch.float64, probabilities=probabilities, bias=True)
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    logits = (x @ w.T + b).reshape(-1, C)
+    flat_t = t.reshape(-1, C) if probabilities else t.reshape(-1)
+    for reduction, extra in (("none", {}), ("mean", {"normalizer": 5.0})):
+        kw_ = {**lead_kw, **extra}
+        ours = LF.linear_cross_entropy(x, w, t, linear_bias=b, mask=mask, reduction=reduction,
+                                       **kw_)  # fmt: skip
+        expected = LF.cross_entropy(logits, flat_t, mask=mask.reshape(-1), reduction=reduction,
+                                    **kw_)  # fmt: skip
+        torch.testing.assert_close(ours, expected.reshape(ours.shape))
