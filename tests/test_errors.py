@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -158,6 +159,36 @@ CASES = [
     ),
     Case(
         "ce-target-wrong-batch", lambda: ce(logits(4, 3), labels(0, 1, 2)), LossValueError, "target"
+    ),
+    # ---- integer one-hot targets (of the input's shape): torch 2.13 refuses them too
+    Case(
+        "ce-one-hot-int64-target",
+        lambda: ce(logits(4, 3), F.one_hot(labels(0, 2, 1, 1), 3)),
+        LossTypeError,
+        "target",
+        "target.float()",
+    ),
+    Case(
+        "ce-one-hot-int32-spatial-target",
+        lambda: ce(logits(2, 3, 5), F.one_hot(torch.randint(0, 3, (2, 5)), 3).movedim(-1, 1).int()),
+        LossTypeError,
+        "target",
+        "torch.int32",
+    ),
+    Case(
+        "nll-one-hot-int64-target",
+        lambda: LF.nll_loss(logits(4, 3), F.one_hot(labels(0, 2, 1, 1), 3)),
+        LossValueError,
+        "target",
+        "target.argmax(1)",
+    ),
+    # ---- kl_div: 'batchmean' with the legacy flags (torch reduces twice)
+    Case(
+        "kl-batchmean-with-size-average",
+        lambda: LF.kl_div(logits(3, 4), probs(3, 4), size_average=False, reduction="batchmean"),
+        LossValueError,
+        "reduction",
+        "size_average",
     ),
     # ---- probability targets
     Case(
@@ -611,3 +642,65 @@ def test_validate_false_still_checks_shapes_and_dtypes():
         ce(torch.randn(2, 3), torch.tensor([0.0, 1.0]), validate=False)
     with pytest.raises(LossValueError, match="target"):
         ce(torch.randn(2, 3), torch.tensor([[0], [1]]), validate=False)
+
+
+# --------------------------------------------------------------------------------------------
+# integer one-hot targets (issue 11, item 7)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", (torch.int64, torch.int32, torch.uint8), ids=str)
+@pytest.mark.parametrize("shape", ((4, 3), (2, 3, 5)), ids=str)
+def test_integer_one_hot_target_names_the_dtype_and_the_fix(shape, dtype):
+    """torch 2.13 refuses an integer target of the input's shape ("Expected floating point type
+    for target with class probabilities"); losskit says so, naming the dtype and target.float(),
+    and the suggested fix gives torch's numbers (and the index form's)."""
+    x = torch.randn(shape, dtype=torch.float64)
+    indices = torch.randint(0, 3, (shape[0], *shape[2:]))
+    one_hot = F.one_hot(indices, 3).movedim(-1, 1).to(dtype)
+    with pytest.raises(RuntimeError, match="floating point"):
+        F.cross_entropy(x, one_hot)
+    with pytest.raises(LossTypeError) as info:
+        ce(x, one_hot)
+    message = str(info.value)
+    assert f"target has the input's shape {tuple(shape)}" in message
+    assert str(dtype) in message and "target.float()" in message
+    assert "target.argmax(1)" in message
+    assert_close_to_torch(ce(x, one_hot.double()), F.cross_entropy(x, one_hot.double()))
+    assert_close_to_torch(ce(x, one_hot.double()), F.cross_entropy(x, indices))
+
+
+def test_nll_loss_messages_do_not_offer_probabilities():
+    """nll_loss takes class indices only: its shape errors must not suggest probabilities."""
+    for target in (labels(0, 1, 2), F.one_hot(labels(0, 2, 1, 1), 3)):
+        with pytest.raises(LossValueError) as info:
+            LF.nll_loss(logits(4, 3), target)
+        assert "probabilit" not in str(info.value), str(info.value)
+    with pytest.raises(LossValueError, match=r"or floating probabilities of the input's shape"):
+        ce(logits(4, 3), labels(0, 1, 2))
+
+
+def test_unbatched_integer_vector_mentions_float_for_one_hot():
+    """Input (C,) with an integer (C,) target: most likely a missing class dimension, but it may
+    be an unbatched one-hot (torch refuses that too): the message names both fixes."""
+    with pytest.raises(LossValueError) as info:
+        ce(logits(3), labels(0, 1, 0))
+    message = str(info.value)
+    assert "class dimension seems to be missing" in message and "target.float()" in message
+
+
+@pytest.mark.parametrize(
+    ("size_average", "reduce"), [(None, True), (True, None), (False, False), (True, True)]
+)
+def test_kl_div_batchmean_with_legacy_flags_is_refused(size_average, reduce):
+    """torch applies the legacy reduction and then divides by the batch size again; losskit
+    refuses the combination. Either flag alone still maps as in torch."""
+    x = torch.log_softmax(torch.randn(3, 4, dtype=torch.float64), 1)
+    y = torch.softmax(torch.randn(3, 4, dtype=torch.float64), 1)
+    with pytest.raises(LossValueError, match="batchmean"):
+        LF.kl_div(x, y, size_average, reduce, "batchmean")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert_close_to_torch(
+            LF.kl_div(x, y, size_average, reduce), F.kl_div(x, y, size_average, reduce)
+        )

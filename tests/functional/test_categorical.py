@@ -24,6 +24,9 @@ from conftest import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+# one copy of the mixed-dtype error-budget check (tests/functional is on sys.path)
+from test_regression import check_mixed_dtypes  # noqa: E402
+
 import losskit.functional as LF
 
 C = 5
@@ -456,3 +459,103 @@ def test_random_cross_entropy_calls(case):
         kwargs["ignore_index"] = case["ignore_index"]
         wrt = (0,)
     check_against_torch(reference_ce, F.cross_entropy, (x, target, w), kwargs, wrt=wrt)
+
+
+# --------------------------------------------------------------------------------------------
+# the torch 2.13 audit: class-weight dtypes and gradients, mixed dtypes
+# --------------------------------------------------------------------------------------------
+
+_MIXED = [
+    (torch.float32, torch.float64),
+    (torch.float64, torch.float32),
+    (torch.bfloat16, torch.float32),
+    (torch.float32, torch.bfloat16),
+    (torch.bfloat16, torch.float64),
+]
+
+
+@pytest.mark.parametrize(("dtype", "other"), _MIXED, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("form", ("target", "weight", "both"))
+def test_probability_target_and_weight_dtypes_promote_like_torch(form, reduction, dtype, other):
+    """Probability targets: torch's result has the promoted dtype of input, target and class
+    weight (a float64 weight on float32 logits gives float64); losskit's too, computed in that
+    dtype, so no further from a float64 truth than torch's, which rounds the log-softmax to the
+    input's dtype first."""
+    x = (torch.randn(3, C, 2, dtype=torch.float64) * 2).to(dtype)
+    p = _probabilities((3, C, 2), other if form != "weight" else dtype)
+    kwargs = {"reduction": reduction, "label_smoothing": 0.1}
+    if form != "target":
+        kwargs["weight"] = _class_weight(other)
+    check_mixed_dtypes(reference_ce, F.cross_entropy, (x, p), kwargs, wrt=(0, 1))
+
+
+@pytest.mark.parametrize(("dtype", "other"), _MIXED, ids=str)
+@pytest.mark.parametrize("reduction", (*REDUCTIONS, "batchmean"))
+@pytest.mark.parametrize("log_target", (False, True))
+def test_kl_div_mixed_dtypes_promote_like_torch(log_target, reduction, dtype, other):
+    """kl_div of mixed dtypes: torch's promoted dtype, no further from the truth than torch."""
+    x = torch.log_softmax(torch.randn(4, C, dtype=torch.float64), 1).to(dtype)
+    y = torch.softmax(torch.randn(4, C, dtype=torch.float64), 1)
+    y = (y.log() if log_target else y).to(other)
+    kwargs = {"reduction": reduction, "log_target": log_target}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 'mean' warns, in both
+        check_mixed_dtypes(LF.kl_div, F.kl_div, (x, y), kwargs, wrt=(0, 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("weight_dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("name", ("cross_entropy", "nll_loss"))
+def test_index_target_class_weight_of_another_dtype_is_cast(name, weight_dtype, dtype):
+    """Class indices with a class weight of another dtype: torch raises ("expected scalar type");
+    losskit casts the weight to the input's dtype, which gives torch's numbers for that cast."""
+    x = (torch.randn(4, C, 3, dtype=torch.float64) * 2).to(dtype)
+    t = _indices((4, C, 3))
+    w = _class_weight(weight_dtype)
+    ours = reference_ce if name == "cross_entropy" else LF.nll_loss
+    theirs = getattr(F, name)
+    if weight_dtype != dtype:
+        with pytest.raises(RuntimeError, match="expected scalar type"):
+            theirs(x, t, weight=w)
+    for reduction in REDUCTIONS:
+        out = check_against_torch(
+            lambda a, b, **k: ours(a, b, weight=w, **k),
+            lambda a, b, **k: theirs(a, b, weight=w.to(a.dtype), **k),
+            (x, t),
+            {"reduction": reduction},
+        )
+        assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("reduction", ("mean", "sum"))
+@pytest.mark.parametrize("name", ("cross_entropy", "nll_loss"))
+def test_class_weight_gradient_where_torch_refuses(name, reduction):
+    """torch raises when the class weight requires grad; losskit differentiates it.
+
+    With ``'sum'`` the loss is ``sum_n w[t_n] l_n``, so d/dw_c is the sum of ``l_n`` over the rows
+    of class c; with ``'mean'`` it is ``(S_c - loss * count_c) / W`` (``W`` the weight sum).
+    """
+    x = torch.randn(6, C, 2, dtype=torch.float64)
+    t = _indices((6, C, 2))
+    w = _class_weight(torch.float64).requires_grad_()
+    ours = reference_ce if name == "cross_entropy" else LF.nll_loss
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        getattr(F, name)(x, t, weight=w)
+    loss = ours(x, t, weight=w, reduction=reduction)
+    loss.backward()
+    rows = getattr(F, name)(x, t, reduction="none").reshape(-1)
+    flat = t.reshape(-1)
+    kept = flat != -100
+    per_class = torch.zeros(C, dtype=torch.float64).index_add_(0, flat[kept], rows[kept])
+    if reduction == "sum":
+        expected = per_class
+    else:
+        count = torch.bincount(flat[kept], minlength=C).double()
+        expected = (per_class - loss.detach() * count) / w.detach()[flat[kept]].sum()
+    assert_close_to_torch(w.grad, expected)
+    # and with label smoothing, against finite differences
+    w2 = w.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda v: reference_ce(x, t, weight=v, label_smoothing=0.3, reduction=reduction), (w2,)
+    )

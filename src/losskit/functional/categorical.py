@@ -130,8 +130,27 @@ def check_classification(
     return False
 
 
-def _explain_index_shape(input: Tensor, target: Tensor, index_shape: torch.Size, name: str) -> None:
+def _explain_index_shape(
+    input: Tensor,
+    target: Tensor,
+    index_shape: torch.Size,
+    name: str,
+    allow_probabilities: bool,
+) -> None:
+    """Raise the error for an integer target whose shape is not the class-index shape."""
     got, want = V.shape_str(target.shape), V.shape_str(index_shape)
+    if input.dim() >= 2 and target.shape == input.shape:
+        # an integer one-hot target: torch 2.13 refuses it too (probabilities must float)
+        if allow_probabilities:
+            raise V.LossTypeError(
+                f"target has the {name}'s shape {got} but dtype {target.dtype}; a one-hot or "
+                f"probability target must be floating-point: use target.float() (or pass class "
+                f"indices of shape {want}: target.argmax(1))"
+            )
+        raise V.LossValueError(
+            f"target has the {name}'s shape {got} (dtype {target.dtype}), but class indices "
+            f"need shape {want}; for a one-hot target use target.argmax(1)"
+        )
     if input.dim() >= 2 and target.shape == torch.Size([input.shape[0], 1, *input.shape[2:]]):
         raise V.LossValueError(
             f"target has shape {got} but class indices need shape {want}: drop the size-1 "
@@ -142,6 +161,12 @@ def _explain_index_shape(input: Tensor, target: Tensor, index_shape: torch.Size,
             f"{name} has shape {V.shape_str(input.shape)} and target {got}: the class dimension "
             f"seems to be missing; {name} should be (N, C) with a score per class, or use "
             f"binary_cross_entropy_with_logits for one score per example"
+            + (
+                f" (if target is a one-hot or probability vector over the {input.shape[0]} "
+                f"classes, it must be floating-point: use target.float())"
+                if allow_probabilities
+                else ""
+            )
         )
     if input.dim() >= 3 and target.shape == input.shape[:-1]:
         raise V.LossValueError(
@@ -150,7 +175,8 @@ def _explain_index_shape(input: Tensor, target: Tensor, index_shape: torch.Size,
         )
     raise V.LossValueError(
         f"target has shape {got}, but {name} of shape {V.shape_str(input.shape)} needs class "
-        f"indices of shape {want} (or probabilities of the {name}'s shape)"
+        f"indices of shape {want}"
+        + (f" (or floating probabilities of the {name}'s shape)" if allow_probabilities else "")
     )
 
 
@@ -253,7 +279,11 @@ def _reference_cross_entropy(
 ) -> Tensor | tuple[Tensor, Tensor]:
     num_classes = input.shape[0 if input.dim() == 1 else 1]
     out_shape = target.shape if not probabilities else _index_target_shape(input)
+    # torch promotes a probability target and its class weight with the input; an index-form
+    # class weight of another dtype (which torch refuses) is cast to the input's
     tensors = [input] + ([target] if probabilities else [])
+    if probabilities and weight is not None:
+        tensors.append(weight)
     dtype = compute_dtype(*tensors)
     x = _flatten_classes(input).to(dtype)
     # rows left out by the mask are zeroed first, so inf/NaN there reaches no gradient
@@ -552,7 +582,13 @@ def kl_div(
         >>> LF.kl_div(p.log(), p, reduction="batchmean")
         tensor(0.)
     """
-    batchmean = reduction == "batchmean" and size_average is None and reduce is None
+    if reduction == "batchmean" and (size_average is not None or reduce is not None):
+        raise V.LossValueError(
+            f"reduction='batchmean' cannot be combined with the deprecated size_average="
+            f"{size_average!r}/reduce={reduce!r} (torch applies both: the legacy reduction, then "
+            "a division by the batch size); pass reduction alone"
+        )
+    batchmean = reduction == "batchmean"
     reduction = "sum" if batchmean else resolve(reduction, size_average, reduce)
     V.require_floating("input", input, what="log-probabilities")
     V.require_floating("target", target)
