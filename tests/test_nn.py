@@ -266,3 +266,25 @@ def test_kl_div_module_keeps_batchmean():
     logp = torch.log_softmax(torch.randn(4, 5, dtype=torch.float64), 1)
     q = torch.softmax(torch.randn(4, 5, dtype=torch.float64), 1)
     check_against_torch(module, nn.KLDivLoss(reduction="batchmean"), (logp, q))
+
+
+def test_modules_follow_the_torch_2_13_audit_fixes():
+    """The Modules take what the functions now take, with torch.nn's numbers: integer
+    regression targets, integer pos_weight buffers, and KLDivLoss built with the legacy flags
+    and 'batchmean' (torch's _Loss keeps only the legacy reduction; so does losskit's)."""
+    x = torch.randn(3, 4, dtype=torch.float64)
+    counts = torch.randint(0, 5, (3, 4))
+    for name in ("MSELoss", "L1Loss", "SmoothL1Loss"):
+        check_against_torch(getattr(losskit, name)(), getattr(nn, name)(), (x, counts))
+    q = torch.rand(3, 4, dtype=torch.float64)
+    pw = torch.tensor([1, 2, 3, 4])
+    ours = losskit.BCEWithLogitsLoss(pos_weight=pw)
+    assert ours.state_dict()["pos_weight"].dtype == torch.int64
+    check_against_torch(ours, nn.BCEWithLogitsLoss(pos_weight=pw), (x, q), wrt=(0, 1))
+    logp, dist = torch.log_softmax(x, 1), torch.softmax(q, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = losskit.KLDivLoss(size_average=False, reduction="batchmean")
+        theirs = nn.KLDivLoss(size_average=False, reduction="batchmean")
+    assert ours.reduction == theirs.reduction == "sum"
+    check_against_torch(ours, theirs, (logp, dist), wrt=(0, 1))
