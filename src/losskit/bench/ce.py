@@ -5,7 +5,7 @@ Implementations, all in one run on the same inputs (peers only when importable, 
 - ``losskit reference``: ``losskit.functional.cross_entropy(..., impl="reference")``;
 - ``losskit fused``: ``impl="fused"`` (Triton on CUDA, the chunked CPU path on the CPU);
 - ``losskit fused, in-place``: ``impl="fused", inplace_backward=True`` (the gradient overwrites
-  the logits; each call gets a fresh copy of them, untimed);
+  the logits; each call gets a fresh non-leaf copy of them, untimed, as a model's logits are);
 - ``torch eager``: ``torch.nn.functional.cross_entropy``;
 - ``torch eager on .float()``: the same on ``logits.float()`` (low-precision logits only);
 - ``torch.compile, fp32 form``: ``torch.compile`` of the previous line; its first call
@@ -158,7 +158,22 @@ def build(key: str, logits: Tensor, target: Tensor, shared: dict[str, Tensor]) -
         "compile": lambda: torch.compile(_torch_float),
         "liger": _liger,
     }[key]()
-    if overwrites:
+    if key == "fused-inplace":
+        # As a model's logits: a non-leaf (here a clone of a leaf, made untimed) that the
+        # gradient may overwrite; losskit refuses to overwrite a leaf that requires grad. The
+        # clone's backward passes the gradient through, and the leaf's .grad adopts that buffer.
+        src = logits.detach().requires_grad_()
+        held: dict[str, Tensor] = {}
+
+        def prepare() -> None:
+            src.grad = None
+            held.pop("x", None)
+            held["x"] = src.clone()
+
+        def step() -> None:
+            fn(held.pop("x"), target).backward()
+
+    elif overwrites:
         if "work" not in shared:
             shared["work"] = torch.empty_like(logits)
         x = shared["work"].detach().requires_grad_()
@@ -168,14 +183,17 @@ def build(key: str, logits: Tensor, target: Tensor, shared: dict[str, Tensor]) -
             with torch.no_grad():
                 x.copy_(logits)
 
+        def step() -> None:
+            fn(x, target).backward()
+
     else:
         x = logits.detach().requires_grad_()
 
         def prepare() -> None:
             x.grad = None
 
-    def step() -> None:
-        fn(x, target).backward()
+        def step() -> None:
+            fn(x, target).backward()
 
     note = ""
     if key == "liger":
