@@ -39,7 +39,10 @@ chunk, so its error grows with the number of chunks; the default budget keeps th
 
 Memory beyond the returned gradients: one ``(M, V)`` (or ``(M, tile)``) buffer in the input
 dtype, the float32 ``dW`` accumulator when chosen, float32 ``(M, D)`` for the tiled plan in low
-precision, and ``O(N + V)`` vectors. :func:`plan_chunks` sizes ``M`` from the budget.
+precision, and ``O(N + V)`` vectors. :func:`plan_chunks` sizes ``M`` from the budget, less,
+on the CPU, what the process gains outside those buffers (:func:`cpu_reserve`: MKL's GEMM
+scratch, kept small by computing the logits in column panels, and the first call's code pages).
+The CPU chunk buffer is a mapping of its own (see :func:`_chunk_buffer`).
 
 Equivalent to::
 
@@ -52,13 +55,14 @@ plus losskit's ``mask``, ``normalizer``, ``z_loss`` and ``softcap``.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..recompute import Recompute
-from .cross_entropy import CHUNK_BYTES, empty_rows
+from .cross_entropy import _HUGE_PAGE, CHUNK_BYTES, _use_hugepages, empty_rows
 
 __all__ = [
     "BUDGETS",
@@ -77,6 +81,9 @@ MiB = 1 << 20
 #: CPU: every chunk's GEMMs read (pack) all of ``W``, so chunks must keep a few hundred rows:
 #: at 4096 x 1024 x 32000 float32 on 2 cores, 464 rows (64 MiB) ran at 1.01-1.09x the three
 #: GEMMs, 256 rows at ~1.04-1.11x, 112 rows (16 MiB) at 1.37-1.40x (``losskit bench lce``).
+#: On the CPU the budget is what the user's process shows (peak resident set beyond the
+#: gradients, from the first call on): the planner keeps :func:`cpu_reserve` of it out of the
+#: chunk buffer (336 rows by default there, 112 lean).
 #: CUDA: 1 GiB gives chunks of 2-4K rows at LLM vocabularies (few ``dW`` updates, GEMMs at full
 #: speed); ``'lean'`` caps the extra memory at 64 MiB with vocabulary tiles (four GEMMs).
 BUDGETS = {
@@ -93,6 +100,19 @@ MIN_ROWS = {"cuda": 1024, "cpu": 64}
 TILE_ROWS = {"cuda": 2048, "cpu": 256}
 #: Vocabulary tiles are a multiple of this many columns.
 TILE_ALIGN = 128
+#: MKL's GEMM scratch on the CPU, ``(bytes, bytes per thread)``, that the planner keeps out of
+#: the chunk buffer: at 4096 x 1024 x 32000 float32 on 2 threads the logits GEMMs (in panels,
+#: see :data:`LOGITS_PANEL`) took 5 MiB whatever the threads, the ``dX`` GEMM 3 MiB per thread
+#: at 464 rows per chunk (less with fewer rows), the ``dW`` GEMM 0-3 MiB, partly reused.
+CPU_GEMM_SCRATCH = (4 * MiB, 2 * MiB)
+#: Bytes a fresh process gains on its first call besides buffers: code pages of the kernels
+#: (8 MiB resident file pages) and lazily built state (3 MiB), measured as above. Counted so
+#: that a budget holds from the first call on, as a user measures it.
+CPU_FIRST_CALL = 11 * MiB
+#: Columns per logits GEMM on the CPU. MKL's sgemm packs its operands into scratch that grows
+#: with the columns of one call: ``x_c @ W.T`` over all 32000 columns of a ``(32000, 1024)``
+#: head took 31 MiB of scratch on 2 threads, in 2048-column panels 5 MiB, at the same speed.
+LOGITS_PANEL = 2048
 
 _F32 = torch.float32
 
@@ -160,9 +180,14 @@ def plan_chunks(
     # Off-GEMM temporaries of the float32 accumulation of low-precision products, where the
     # device has no mixed-precision GEMM (CPU): the chunk's gradient as float32.
     upcast = f32_acc and dev == "cpu"
-    # what is not the chunk: the float32 dW accumulator, O(N + V) vectors, and 1/32 of the
-    # budget kept for the epilogue's small temporaries and the allocator's rounding
+    # what is not the chunk: the float32 dW accumulator, O(N + V) vectors, 1/32 of the budget
+    # kept for the epilogue's small temporaries and the allocator's rounding, and on the CPU
+    # what the process gains outside our buffers (at most half the budget; a budget smaller
+    # than that reserve cannot hold from outside and is taken as the buffers' alone)
     fixed = (v * d * 4 if f32_acc else 0) + 8 * v + 32 * n + budget // 32
+    reserve = cpu_reserve() if dev == "cpu" else 0
+    if reserve <= budget:
+        fixed += min(reserve, budget // 2)
     avail = max(budget - fixed, 0)
     per_row = v * s + (v * 4 + d * 4 if upcast else 0)
     if chunk_size is not None:
@@ -184,6 +209,18 @@ def plan_chunks(
     if tile >= v:
         return ChunkPlan(rows, v, acc)
     return ChunkPlan(_balanced(n, rows), tile, acc)
+
+
+def cpu_reserve(threads: int | None = None) -> int:
+    """Bytes a CPU call adds to the process beyond its own buffers, as measured from outside.
+
+    MKL's GEMM scratch (:data:`CPU_GEMM_SCRATCH`, part of it per thread; MKL keeps it pooled
+    for the next call) and, on a process's first call, :data:`CPU_FIRST_CALL`: the code pages
+    and lazily built state of the kernels it runs for the first time.
+    """
+    t = torch.get_num_threads() if threads is None else threads
+    fixed, per_thread = CPU_GEMM_SCRATCH
+    return CPU_FIRST_CALL + fixed + per_thread * max(t, 1)
 
 
 def _balanced(n: int, m_max: int) -> int:
@@ -538,11 +575,45 @@ def _empty(n: int, d: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.empty((n, d), dtype=dtype, device=device)
 
 
+def _chunk_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The chunk's ``(M, V)`` buffer; on the CPU a mapping of its own, unmapped when freed.
+
+    Not from ``malloc``: glibc raises its mmap threshold to the size of each mmapped block it
+    frees (up to 32 MiB), after which blocks below that size (a 16 MiB ``dX``, the next call's
+    buffer) come from the heap, which keeps freed pages: one call with a 29 MiB buffer left the
+    process 16 MiB larger from its third call on. Huge-page advised where available (a fault
+    per 2 MiB: the buffer is fresh memory on every call).
+    """
+    nbytes = numel * _itemsize(dtype)
+    if device.type != "cpu" or nbytes < _HUGE_PAGE:
+        return torch.empty(numel, dtype=dtype, device=device)
+    try:
+        area = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if _use_hugepages():
+            area.madvise(mmap.MADV_HUGEPAGE)
+    except (OSError, ValueError, AttributeError):
+        return torch.empty(numel, dtype=dtype)
+    raw = torch.frombuffer(area, dtype=torch.uint8)  # the tensor keeps `area` alive
+    start = (-raw.data_ptr()) % _HUGE_PAGE
+    return raw[start : start + nbytes].view(dtype)
+
+
 def _logits(z: Tensor, x: Tensor, w: Tensor, bias: Tensor | None) -> None:
-    if bias is None:
-        torch.mm(x, w.t(), out=z)
-    else:
-        torch.addmm(bias, x, w.t(), out=z)
+    """``z = x @ w.T (+ bias)``; on the CPU in panels of :data:`LOGITS_PANEL` columns.
+
+    Each panel is written in place into its column slice of ``z`` (a BLAS leading dimension of
+    ``z.shape[1]``: no copy), so the panels change the GEMM's scratch, not the result.
+    """
+    v = z.shape[1]
+    step = LOGITS_PANEL if z.device.type == "cpu" else v
+    for c0 in range(0, v, step):
+        c1 = min(c0 + step, v)
+        zp = z if c1 - c0 == v else z[:, c0:c1]
+        wp = w if c1 - c0 == v else w[c0:c1]
+        if bias is None:
+            torch.mm(x, wp.t(), out=zp)
+        else:
+            torch.addmm(bias[c0:c1], x, wp.t(), out=zp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,7 +652,7 @@ def run_chunks(
             dw = _empty(v, d, acc_dtype, dev)
     db = torch.zeros(v, dtype=_F32, device=dev) if want_b else None
     m_rows, tile = plan.rows, min(plan.tile, v)
-    buf = torch.empty(min(m_rows, n) * tile, dtype=dtype, device=dev)
+    buf = _chunk_buffer(min(m_rows, n) * tile, dtype, dev)
 
     for i in range(0, n, m_rows):
         j = min(i + m_rows, n)
