@@ -8,7 +8,9 @@
   of the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) above
   its size before the call, best measured in a fresh process per implementation. Both are taken
   after the inputs exist and the previous call's gradients were freed, so they include the
-  gradients the call returns.
+  gradients the call returns. :func:`user_peak_bytes_in_subprocess` measures as a user's own
+  process sees it instead: a fresh process, no warm-up, the peak over several training steps
+  above the size once the inputs exist (first-call code pages and allocator pools included).
 - :func:`copy_floor`: the time of one device copy of the logits (one read and one write of that
   many bytes), measured in the same run: the floor of any cross-entropy that reads the logits and
   writes their gradient.
@@ -300,6 +302,92 @@ def memory_child() -> int:
     return 0
 
 
+def user_peak_bytes(case: Case, steps: int = 4) -> dict[str, int] | None:
+    """Peak resident memory of ``steps`` training steps, as the user's own process sees it.
+
+    No warm-up: measured from the process's size once the inputs exist (VmRSS), the peak over
+    all the steps (VmHWM, reset first), ``case.prepare`` before each step (it sets ``.grad`` to
+    None, as ``zero_grad()`` does). So it includes what the first call pages in or builds
+    lazily, allocator pools kept between calls, and the gradients held at the peak. Then one
+    more step, measured alone above the size before it (as :func:`peak_extra_bytes`), shows
+    the part that a warm process no longer sees. Returns ``{"peak": bytes, "warm": bytes}``,
+    or None where ``/proc/self/clear_refs`` is not available.
+    """
+    if not _reset_peak_rss():
+        return None
+    base = _proc_status_kib("VmRSS")
+    for _ in range(steps):
+        if case.prepare is not None:
+            case.prepare()
+        case.step()
+    peak = _proc_status_kib("VmHWM")
+    if case.prepare is not None:
+        case.prepare()
+    _reset_peak_rss()
+    warm_base = _proc_status_kib("VmRSS")
+    case.step()
+    warm_peak = _proc_status_kib("VmHWM")
+    if case.prepare is not None:
+        case.prepare()
+    if None in (base, peak, warm_base, warm_peak):
+        return None
+    return {"peak": (peak - base) * 1024, "warm": max(warm_peak - warm_base, 0) * 1024}
+
+
+def user_peak_bytes_in_subprocess(
+    module: str, name: str, params: dict, *, steps: int = 4, timeout: float = 900.0
+) -> tuple[dict[str, int] | None, str]:
+    """:func:`user_peak_bytes` of ``module.make_case(name, params)`` in a fresh process.
+
+    Returns (the figures or None, an error message or '').
+    """
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    spec = json.dumps(
+        {
+            "module": module,
+            "name": name,
+            "params": params,
+            "threads": torch.get_num_threads(),
+            "steps": steps,
+        }
+    )
+    code = (
+        "from losskit.bench._common import user_memory_child; raise SystemExit(user_memory_child())"
+    )
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", code, spec],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"memory measurement timed out after {timeout:.0f} s"
+    if run.returncode != 0:
+        last = (run.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"memory child failed: {last}"
+    try:
+        figures = json.loads(run.stdout.strip().splitlines()[-1])["user"]
+    except (ValueError, IndexError, KeyError):
+        return None, f"memory child printed {run.stdout[-200:]!r}"
+    if figures is None:
+        return None, "peak resident memory is not measurable here (no /proc/self/clear_refs)"
+    return figures, ""
+
+
+def user_memory_child() -> int:
+    """Entry point of the child process of :func:`user_peak_bytes_in_subprocess`."""
+    spec = json.loads(sys.argv[1])
+    torch.set_num_threads(spec["threads"])
+    module = importlib.import_module(spec["module"])
+    case = module.make_case(spec["name"], spec["params"])
+    print(json.dumps({"user": user_peak_bytes(case, spec["steps"])}))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # output
 # --------------------------------------------------------------------------------------------
@@ -345,11 +433,12 @@ def print_table(
     *,
     baseline: str,
     floor_label: str = "floor",
+    memory_label: str = "extra MiB",
     file=None,
 ) -> None:
     """Print the rows group by group, aligned; ratios are of medians."""
     out = file or sys.stdout
-    header = ["implementation", "median ms", "min ms", "extra MiB", f"x {floor_label}"]
+    header = ["implementation", "median ms", "min ms", memory_label, f"x {floor_label}"]
     header += [f"x {baseline}", "note"]
     groups: dict[str, list[dict[str, object]]] = {}
     for row in rows:
@@ -383,6 +472,8 @@ def write_csv(rows: Sequence[dict[str, object]], path: Path, extra: dict[str, ob
     """Rows as CSV, each with the ``extra`` columns (bench, device, dtype, ...) in front."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(extra) + list(COLUMNS)
+    own = dict.fromkeys(k for row in rows for k in row if k not in fields)
+    fields += list(own)  # a bench's own columns, after the shared ones
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
