@@ -240,8 +240,11 @@ def test_return_z_loss(reduction):
     torch.testing.assert_close(loss - zterm, plain, rtol=1e-6, atol=1e-6)
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+@settings(  # derandomize: the same examples every run, on every machine
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     n=st.integers(0, 9),

@@ -240,7 +240,7 @@ def test_reference_matches_torch_in_float64():
         )
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True)  # the same examples every run
 @given(
     n=st.integers(0, 6),
     v=st.integers(1, 600),
