@@ -32,9 +32,16 @@ demo: $(VENV)/.demo
 	$(BIN)/python -m losskit tour --plot tour-plots
 
 # TRITON_INTERPRET=1 runs the Triton kernels on the CPU in Triton's interpreter (set before the
-# kernels are defined); that is how the suite tests them without a GPU.
+# kernels are defined); that is how the suite tests them without a GPU. The whole suite runs in
+# file order; then the fused-path tests run again with torch's CPU kernels at another SIMD width
+# (ATEN_CPU_CAPABILITY=default: no vector instructions; torch's float32 rounding, which the
+# fused paths are budgeted against, changes with it) and in a shuffled order (pytest-randomly,
+# a fixed seed: any order must pass, and this one reproduces).
+FUSED_TESTS := tests/kernels tests/functional/test_linear_cross_entropy.py
 test: $(VENV)/.test
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 --durations=15 -q
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 --durations=15 -q -p no:randomly
+	ATEN_CPU_CAPABILITY=default TRITON_INTERPRET=1 \
+		$(BIN)/python -m pytest -n 2 -q -p randomly --randomly-seed=1 $(FUSED_TESTS)
 
 lint: $(VENV)/.test
 	$(PIP) ruff
