@@ -9,6 +9,7 @@ must stay within its 64 MiB CPU budget.
 
 from __future__ import annotations
 
+import mmap
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,8 +50,11 @@ def test_user_peak_sees_the_logits_of_torch_eager_and_not_of_losskit():
 def test_user_peak_counts_every_step_from_the_first():
     held = []
 
-    def step():
-        held.append(bytearray(8 * MIB))  # grows by 8 MiB per step, pages touched (zeroed)
+    def step():  # grows by 8 MiB of fresh pages per step (a mapping: no heap pages reused)
+        area = mmap.mmap(-1, 8 * MIB)
+        for offset in range(0, 8 * MIB, mmap.PAGESIZE):
+            area[offset] = 1
+        held.append(area)
 
     case = C.Case("grows", step, None)
     figures = C.user_peak_bytes(case, steps=4)
