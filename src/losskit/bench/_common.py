@@ -258,23 +258,20 @@ def peak_extra_bytes(case: Case, device: torch.device | str) -> int | None:
     return max(int(extra), 0)
 
 
-def peak_extra_bytes_in_subprocess(
-    module: str, name: str, params: dict, *, timeout: float = 900.0
-) -> tuple[int | None, str]:
-    """:func:`peak_extra_bytes` of ``module.make_case(name, params)`` in a fresh process.
+def _child_figures(entry: str, spec: dict, key: str, timeout: float) -> tuple[object, str]:
+    """Run ``losskit.bench._common.<entry>()`` in a fresh process on ``spec``; its ``key``.
 
-    Returns (bytes or None, an error message or '').
+    The child gets this checkout on its path and this process's thread count. Returns (the
+    figure the child printed under ``key``, or None with an error message).
     """
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    spec = json.dumps(
-        {"module": module, "name": name, "params": params, "threads": torch.get_num_threads()}
-    )
-    code = "from losskit.bench._common import memory_child; raise SystemExit(memory_child())"
+    code = f"from losskit.bench._common import {entry}; raise SystemExit({entry}())"
+    payload = json.dumps({**spec, "threads": torch.get_num_threads()})
     try:
         run = subprocess.run(
-            [sys.executable, "-c", code, spec],
+            [sys.executable, "-c", code, payload],
             capture_output=True,
             text=True,
             env=env,
@@ -286,9 +283,20 @@ def peak_extra_bytes_in_subprocess(
         last = (run.stderr.strip().splitlines() or ["no output"])[-1]
         return None, f"memory child failed: {last}"
     try:
-        return json.loads(run.stdout.strip().splitlines()[-1])["extra_bytes"], ""
+        return json.loads(run.stdout.strip().splitlines()[-1])[key], ""
     except (ValueError, IndexError, KeyError):
         return None, f"memory child printed {run.stdout[-200:]!r}"
+
+
+def peak_extra_bytes_in_subprocess(
+    module: str, name: str, params: dict, *, timeout: float = 900.0
+) -> tuple[int | None, str]:
+    """:func:`peak_extra_bytes` of ``module.make_case(name, params)`` in a fresh process.
+
+    Returns (bytes or None, an error message or '').
+    """
+    spec = {"module": module, "name": name, "params": params}
+    return _child_figures("memory_child", spec, "extra_bytes", timeout)
 
 
 def memory_child() -> int:
@@ -341,38 +349,10 @@ def user_peak_bytes_in_subprocess(
 
     Returns (the figures or None, an error message or '').
     """
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    spec = json.dumps(
-        {
-            "module": module,
-            "name": name,
-            "params": params,
-            "threads": torch.get_num_threads(),
-            "steps": steps,
-        }
-    )
-    code = (
-        "from losskit.bench._common import user_memory_child; raise SystemExit(user_memory_child())"
-    )
-    try:
-        run = subprocess.run(
-            [sys.executable, "-c", code, spec],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return None, f"memory measurement timed out after {timeout:.0f} s"
-    if run.returncode != 0:
-        last = (run.stderr.strip().splitlines() or ["no output"])[-1]
-        return None, f"memory child failed: {last}"
-    try:
-        figures = json.loads(run.stdout.strip().splitlines()[-1])["user"]
-    except (ValueError, IndexError, KeyError):
-        return None, f"memory child printed {run.stdout[-200:]!r}"
+    spec = {"module": module, "name": name, "params": params, "steps": steps}
+    figures, error = _child_figures("user_memory_child", spec, "user", timeout)
+    if error:
+        return None, error
     if figures is None:
         return None, "peak resident memory is not measurable here (no /proc/self/clear_refs)"
     return figures, ""
