@@ -241,6 +241,31 @@ def check_against_torch(
     return out
 
 
+def check_mixed_dtypes(ours, theirs, args, kwargs, *, wrt=(0,)) -> None:
+    """Mixed dtypes: torch's result dtype and shape; no further from a float64 truth than torch.
+
+    Torch rounds some intermediates to the narrower dtype (a bfloat16 squared error before a
+    float32 weight multiplies it); losskit computes in the promoted dtype and rounds once. So
+    each element either equals torch's within :data:`TOLERANCES` or, where torch's rounding put
+    it further off, is no further from the truth than torch's.
+    """
+    wide = [a.detach().double() if a.is_floating_point() else a for a in args]
+    truth, truth_grads = forward_backward(theirs, wide, kwargs, wrt=wrt)
+    upstream = upstream_like(truth)  # one upstream gradient for all three runs
+    out, grads = forward_backward(ours, args, kwargs, wrt=wrt, upstream=upstream)
+    ref, ref_grads = forward_backward(theirs, args, kwargs, wrt=wrt, upstream=upstream)
+    names = ["forward"] + [f"gradient of argument {i}" for i in wrt]
+    outs = zip([out, *grads], [ref, *ref_grads], [truth, *truth_grads], names, strict=True)
+    for a, r, t, what in outs:
+        assert a.dtype == r.dtype and a.shape == r.shape, (
+            f"{what}: {a.dtype} {tuple(a.shape)}, torch's {r.dtype} {tuple(r.shape)}"
+        )
+        near = torch.zeros(a.shape, dtype=torch.bool)
+        if a.dtype in TOLERANCES:
+            near = torch.isclose(a, r, equal_nan=True, **TOLERANCES[a.dtype])
+        assert_within_budget(a[~near], r[~near], t[~near], what=what)
+
+
 # --------------------------------------------------------------------------------------------
 # signatures
 # --------------------------------------------------------------------------------------------

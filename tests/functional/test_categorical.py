@@ -20,12 +20,10 @@ from conftest import (
     assert_close_to_torch,
     assert_torch_signature,
     check_against_torch,
+    check_mixed_dtypes,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-# one copy of the mixed-dtype error-budget check (tests/functional is on sys.path)
-from test_regression import check_mixed_dtypes  # noqa: E402
 
 import losskit.functional as LF
 

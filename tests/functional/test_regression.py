@@ -11,14 +11,12 @@ import torch.nn.functional as F
 from conftest import (
     DTYPES,
     REDUCTIONS,
-    TOLERANCES,
     assert_close_to_torch,
     assert_torch_signature,
-    assert_within_budget,
     check_against_torch,
+    check_mixed_dtypes,
     forward_backward,
     torch_has_parameter,
-    upstream_like,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -230,31 +228,6 @@ def test_random_shapes_and_arguments(name, shape, reduction, knot, dtype, seed):
 # --------------------------------------------------------------------------------------------
 # the torch 2.13 audit: integer targets, weight dtypes, infinite differences
 # --------------------------------------------------------------------------------------------
-
-
-def check_mixed_dtypes(ours, theirs, args, kwargs, *, wrt=(0,)) -> None:
-    """Mixed dtypes: torch's result dtype and shape; no further from a float64 truth than torch.
-
-    Torch rounds some intermediates to the narrower dtype (a bfloat16 squared error before a
-    float32 weight multiplies it); losskit computes in the promoted dtype and rounds once. So
-    each element either equals torch's within :data:`TOLERANCES` or, where torch's rounding put
-    it further off, is no further from the truth than torch's.
-    """
-    wide = [a.detach().double() if a.is_floating_point() else a for a in args]
-    truth, truth_grads = forward_backward(theirs, wide, kwargs, wrt=wrt)
-    upstream = upstream_like(truth)  # one upstream gradient for all three runs
-    out, grads = forward_backward(ours, args, kwargs, wrt=wrt, upstream=upstream)
-    ref, ref_grads = forward_backward(theirs, args, kwargs, wrt=wrt, upstream=upstream)
-    names = ["forward"] + [f"gradient of argument {i}" for i in wrt]
-    outs = zip([out, *grads], [ref, *ref_grads], [truth, *truth_grads], names, strict=True)
-    for a, r, t, what in outs:
-        assert a.dtype == r.dtype and a.shape == r.shape, (
-            f"{what}: {a.dtype} {tuple(a.shape)}, torch's {r.dtype} {tuple(r.shape)}"
-        )
-        near = torch.zeros(a.shape, dtype=torch.bool)
-        if a.dtype in TOLERANCES:
-            near = torch.isclose(a, r, equal_nan=True, **TOLERANCES[a.dtype])
-        assert_within_budget(a[~near], r[~near], t[~near], what=what)
 
 
 def _torch_takes(name: str, x: torch.Tensor, y: torch.Tensor, grad: bool) -> bool:
