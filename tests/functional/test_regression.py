@@ -84,6 +84,13 @@ def test_parity_with_torch(name, opts, shape, reduction, dtype):
     check_against_torch(getattr(LF, name), getattr(F, name), (x, y), kwargs, wrt=(0, 1))
 
 
+def _every_reduction_matches_torch(name, x, y, kwargs):
+    """``name`` on (x, y) equals torch's, value and both gradients, under every reduction."""
+    for reduction in REDUCTIONS:
+        kw = dict(kwargs, reduction=reduction)
+        check_against_torch(getattr(LF, name), getattr(F, name), (x, y), kw, wrt=(0, 1))
+
+
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
 @pytest.mark.parametrize("name", NAMES)
 def test_kinks_match_torch(name, dtype):
@@ -93,14 +100,7 @@ def test_kinks_match_torch(name, dtype):
     x = torch.linspace(-1, 1, 6, dtype=dtype)
     y = x - diffs
     kwargs = {"beta": knot} if name == "smooth_l1_loss" else {}
-    for reduction in REDUCTIONS:
-        check_against_torch(
-            getattr(LF, name),
-            getattr(F, name),
-            (x, y),
-            dict(kwargs, reduction=reduction),
-            wrt=(0, 1),
-        )
+    _every_reduction_matches_torch(name, x, y, kwargs)
 
 
 def test_smooth_l1_beta_zero_is_l1():
@@ -331,11 +331,4 @@ def test_infinite_and_nan_differences_match_torch(name, dtype):
     x = torch.tensor([inf, 1.0, -inf, nan, 0.5, 2.0], dtype=dtype)
     y = torch.tensor([1.0, inf, 0.0, 0.0, nan, 0.0], dtype=dtype)
     kwargs = {"beta": 0.5} if name == "smooth_l1_loss" else {}
-    for reduction in REDUCTIONS:
-        check_against_torch(
-            getattr(LF, name),
-            getattr(F, name),
-            (x, y),
-            dict(kwargs, reduction=reduction),
-            wrt=(0, 1),
-        )
+    _every_reduction_matches_torch(name, x, y, kwargs)
