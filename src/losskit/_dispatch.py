@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ._validate import LossValueError, check_inplace_allowed
+from .functional.categorical import _flatten_classes, _reference_cross_entropy
 from .kernels.recompute import Recompute
 
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -50,13 +51,9 @@ def unsupported_reason(input: Tensor, probabilities: bool) -> str:
 
 
 def _rows(input: Tensor) -> Tensor:
-    """The kernels' ``(N, V)`` view of logits ``(C,)``, ``(N, C)`` or ``(N, C, d1..dK)``."""
-    if input.dim() == 1:
-        logits = input.unsqueeze(0)
-    elif input.dim() == 2:
-        logits = input
-    else:  # (N, C, d1..dK): classes last, one row per position (a copy)
-        logits = input.movedim(1, -1).reshape(-1, input.shape[1])
+    """The kernels' ``(N, V)`` rows of logits ``(C,)``, ``(N, C)`` or ``(N, C, d1..dK)``, unit
+    column stride (``(N, C, d1..dK)`` becomes a copy with the classes last)."""
+    logits = _flatten_classes(input)
     return logits if logits.stride(1) == 1 else logits.contiguous()
 
 
@@ -64,8 +61,6 @@ def _ce_recompute(input: Tensor, rows: Tensor, **options: object) -> Recompute:
     """A create_graph=True backward: the reference's gradient of the kernel's ``(N, V)`` rows."""
 
     def build(input: Tensor) -> tuple[tuple[Tensor], Tensor]:
-        from .functional.categorical import _reference_cross_entropy
-
         logits = _rows(input)
         loss = _reference_cross_entropy(
             logits, rows, probabilities=False, return_z_loss=False, **options

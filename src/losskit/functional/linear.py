@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _validate as V
+from .._dispatch import unsupported_reason
 from .._reduction import resolve
 from ..kernels.recompute import Recompute
 from .categorical import _reference_cross_entropy, cross_entropy
@@ -30,7 +31,6 @@ __all__ = ["linear_cross_entropy"]
 IMPLS = ("auto", "reference", "fused")
 BUDGETS = ("default", "lean")
 ACCUMULATE = ("auto", "float32", "input")
-FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,13 +450,9 @@ def linear_cross_entropy(
 
 def _unfused_reason(input: Tensor, call: _Call) -> str:
     """Why the chunked path does not take this call ('' when it does)."""
-    if call.probabilities:
-        return "the fused path takes class-index targets only"
-    if call.out_features:
+    if call.out_features and not call.probabilities:
         return "the fused path takes 2-D heads (num_classes, in_features) only"
-    if input.dtype not in FUSED_DTYPES:
-        return f"the fused path takes float32, bfloat16 or float16, got {input.dtype}"
-    return ""
+    return unsupported_reason(input, call.probabilities)
 
 
 def _reference_layout(

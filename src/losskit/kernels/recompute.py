@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .._validate import LossValueError
+from .._validate import LossValueError, shape_str
 
 __all__ = ["KEEP_BYTES", "Recompute"]
 
@@ -66,16 +66,14 @@ class Recompute:
         self.build = build
         self.unavailable = unavailable
         # name -> (the tensor if kept, a weak reference if not, its version, its shape)
-        self._held: dict[str, tuple[Tensor | None, weakref.ref | None, int, str]] = {}
+        self._held: dict[str, tuple[Tensor | None, weakref.ref | None, int, torch.Size]] = {}
         for name, t in (sources or {}).items():
             if t is None:
-                self._held[name] = (None, None, 0, "")
-                continue
-            shape = "shape (" + ", ".join(str(s) for s in t.shape) + ")"
-            if t.numel() * t.element_size() <= KEEP_BYTES:
-                self._held[name] = (t, None, t._version, shape)
+                self._held[name] = (None, None, 0, torch.Size())
+            elif t.numel() * t.element_size() <= KEEP_BYTES:
+                self._held[name] = (t, None, t._version, t.shape)
             else:
-                self._held[name] = (None, weakref.ref(t), t._version, shape)
+                self._held[name] = (None, weakref.ref(t), t._version, t.shape)
 
     @classmethod
     def unsupported(cls, op: str, reason: str) -> Recompute:
@@ -90,9 +88,9 @@ class Recompute:
                 raise LossValueError(
                     f"create_graph=True through the fused {self.op}: its gradient was computed in "
                     f"the forward without a graph, so a second-order gradient recomputes it from "
-                    f"{name}, but {name} ({shape}) has been freed since the forward (nothing "
-                    f"else held it). Keep a reference to {name} until the backward, or pass "
-                    "impl='reference'"
+                    f"{name}, but {name} (shape {shape_str(shape)}) has been freed since the "
+                    f"forward (nothing else held it). Keep a reference to {name} until the "
+                    "backward, or pass impl='reference'"
                 )
             if t is not None and t._version != version:
                 raise LossValueError(

@@ -59,7 +59,7 @@ from torch import Tensor
 
 from ..recompute import Recompute
 
-__all__ = ["CHUNK_BYTES", "CrossEntropyFunction", "cross_entropy", "empty_rows"]
+__all__ = ["CHUNK_BYTES", "CrossEntropyFunction", "cross_entropy", "empty_rows", "mapped_empty"]
 
 #: float32 bytes per block of rows. On a 2-core EPYC (1 MiB L2 per core, 32 MiB L3) 4-8 MiB was
 #: fastest: smaller blocks pay more per-op overhead, larger ones fall out of the caches.
@@ -84,16 +84,27 @@ def empty_rows(n: int, v: int, dtype: torch.dtype) -> Tensor:
     """
     nbytes = n * v * torch.empty((), dtype=dtype).element_size()
     if nbytes >= _HUGE_PAGE_MIN_BYTES and _use_hugepages():
-        try:
-            area = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            area.madvise(mmap.MADV_HUGEPAGE)
-        except (OSError, ValueError, AttributeError):
-            pass
-        else:
-            raw = torch.frombuffer(area, dtype=torch.uint8)  # the tensor keeps `area` alive
-            start = (-raw.data_ptr()) % _HUGE_PAGE
-            return raw[start : start + nbytes].view(dtype).view(n, v)
+        mapped = mapped_empty(nbytes, dtype, hugepages=True)
+        if mapped is not None:
+            return mapped.view(n, v)
     return torch.empty((n, v), dtype=dtype)
+
+
+def mapped_empty(nbytes: int, dtype: torch.dtype, *, hugepages: bool) -> Tensor | None:
+    """A flat uninitialised CPU tensor of ``nbytes`` in a private anonymous mapping of its own.
+
+    Aligned to 2 MiB (and advised as huge pages with ``hugepages``); unmapped when the tensor's
+    storage is freed. None where such a mapping cannot be made.
+    """
+    try:
+        area = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hugepages:
+            area.madvise(mmap.MADV_HUGEPAGE)
+    except (OSError, ValueError, AttributeError):
+        return None
+    raw = torch.frombuffer(area, dtype=torch.uint8)  # the tensor keeps `area` alive
+    start = (-raw.data_ptr()) % _HUGE_PAGE
+    return raw[start : start + nbytes].view(dtype)
 
 
 def _rows_per_block(v: int) -> int:
@@ -420,7 +431,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         )
         # In the in-place case a new alias, so that autograd may adopt it as the leaf's .grad.
         ctx.grad = grad.detach() if inplace_backward else grad
-        ctx.recompute = recompute or Recompute.unsupported("cross_entropy", "no recompute rule")
+        ctx.recompute = recompute or Recompute("cross_entropy")  # no rule: create_graph raises
         if zterm is not None:
             ctx.mark_non_differentiable(zterm)
             return loss, zterm

@@ -55,14 +55,13 @@ plus losskit's ``mask``, ``normalizer``, ``z_loss`` and ``softcap``.
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..recompute import Recompute
-from .cross_entropy import _HUGE_PAGE, CHUNK_BYTES, _use_hugepages, empty_rows
+from .cross_entropy import _HUGE_PAGE, CHUNK_BYTES, _use_hugepages, empty_rows, mapped_empty
 
 __all__ = [
     "BUDGETS",
@@ -587,15 +586,8 @@ def _chunk_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> Tenso
     nbytes = numel * _itemsize(dtype)
     if device.type != "cpu" or nbytes < _HUGE_PAGE:
         return torch.empty(numel, dtype=dtype, device=device)
-    try:
-        area = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        if _use_hugepages():
-            area.madvise(mmap.MADV_HUGEPAGE)
-    except (OSError, ValueError, AttributeError):
-        return torch.empty(numel, dtype=dtype)
-    raw = torch.frombuffer(area, dtype=torch.uint8)  # the tensor keeps `area` alive
-    start = (-raw.data_ptr()) % _HUGE_PAGE
-    return raw[start : start + nbytes].view(dtype)
+    mapped = mapped_empty(nbytes, dtype, hugepages=_use_hugepages())
+    return torch.empty(numel, dtype=dtype) if mapped is None else mapped
 
 
 def _logits(z: Tensor, x: Tensor, w: Tensor, bias: Tensor | None) -> None:
@@ -737,9 +729,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         recompute: Recompute | None,
     ) -> Tensor:
         want = tuple(bool(f) for f in ctx.needs_input_grad[:3])
-        ctx.recompute = recompute or Recompute.unsupported(
-            "linear_cross_entropy", "no recompute rule"
-        )
+        ctx.recompute = recompute or Recompute("linear_cross_entropy")  # no rule: raises
         if bias is None:
             want = (want[0], want[1], False)
         info = row_info(target, weight, mask, normalizer, opts)
