@@ -5,18 +5,23 @@ One place decides how an elementwise loss becomes what the caller asked for:
 - ``'none'``: the elementwise loss, with positions left out by ``mask`` set to 0.
 - ``'sum'``: the sum over counted positions.
 - ``'mean'``: that sum divided by the count of counted positions (or by the sum of their
-  weights, for losses whose torch definition says so), or by ``normalizer`` when one is given.
+  weights, for losses whose torch definition says so), or by ``normalizer`` when one is given
+  (:func:`divide_mean` states the rule, 0 and NaN cases included).
+
+A categorical loss reduces its rows through :class:`Rows` (built by :func:`count_rows`), which
+decides which rows count, what each weighs and what ``'mean'`` divides by.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from ._validate import LossValueError
+from ._validate.errors import LossValueError
 
 Reduction = Literal["none", "mean", "sum"]
 
@@ -81,6 +86,32 @@ def safe_divide(total: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(zero, torch.zeros_like(total), total / torch.where(zero, 1, denominator))
 
 
+# --------------------------------------------------------------------------------------------
+# The 'mean' rule
+# --------------------------------------------------------------------------------------------
+
+
+def divide_mean(total: Tensor, denominator: Tensor, *, normalized: bool) -> Tensor:
+    """``'mean'``: the summed loss over its denominator ``D``.
+
+    The rule, for every loss: ``D`` is the caller's ``normalizer`` when one is given
+    (``normalized``), and then ``D == 0`` gives 0 (a rank or micro-batch with nothing to count);
+    else it is the count of counted positions, or the sum of their weights for losses whose
+    torch definition says so, and ``D == 0`` gives NaN, as torch does for an all-ignored batch.
+    """
+    if normalized:
+        return safe_divide(total, denominator)
+    return total / denominator
+
+
+def mean_scale(denominator: Tensor, *, normalized: bool) -> Tensor:
+    """``1 / D``, the factor of every gradient row of a ``'mean'`` (see :func:`divide_mean`):
+    0 where a normalizer is 0, inf where nothing counts (the rows are then all left out)."""
+    if normalized:
+        return torch.where(denominator != 0, 1.0 / denominator, torch.zeros_like(denominator))
+    return 1.0 / denominator
+
+
 def reduce(
     loss: Tensor,
     reduction: str,
@@ -108,9 +139,100 @@ def reduce(
     if reduction == "sum":
         return loss.sum()
     if normalizer is not None:
-        return safe_divide(loss.sum(), as_normalizer(normalizer, loss))
+        return divide_mean(loss.sum(), as_normalizer(normalizer, loss), normalized=True)
     if mean_denominator is not None:
-        return loss.sum() / mean_denominator
+        return divide_mean(loss.sum(), mean_denominator, normalized=False)
     if mask is not None:
-        return loss.sum() / mask.sum().to(loss.dtype)
+        return divide_mean(loss.sum(), mask.sum().to(loss.dtype), normalized=False)
     return loss.mean()
+
+
+# --------------------------------------------------------------------------------------------
+# Rows of a categorical loss
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Per-row bookkeeping of a categorical loss over ``N`` rows (one row per target position).
+
+    A row *counts* when its target is not ``ignore_index`` and ``mask`` keeps it. Built once per
+    call by :func:`count_rows` and shared by the reference losses, both fused backends, the
+    chunked loop and the vocabulary-parallel losses, so that they cannot disagree on which rows
+    count, what a row weighs, or what ``'mean'`` divides by.
+    """
+
+    counted: Tensor  #: (N,) bool
+    y: Tensor  #: (N,) int64 target, 0 where the row does not count (safe to gather with)
+    w_y: Tensor  #: (N,) weight of the row's target class (1 unweighted), 0 where it does not count
+    reduction: str
+    denominator: Tensor | None  #: 0-dim ``D`` of ``'mean'`` (see :func:`divide_mean`), else None
+    normalized: bool  #: whether ``D`` is the caller's normalizer
+
+    def scale(self) -> Tensor | None:
+        """``1/D`` as a ``(1,)`` tensor for ``'mean'``, else None."""
+        if self.denominator is None:
+            return None
+        return mean_scale(self.denominator, normalized=self.normalized).reshape(1)
+
+    def factor(self, i: int = 0, j: int | None = None) -> Tensor:
+        """``r`` of rows ``[i, j)``: the factor of each row's gradient in the reduced loss
+        (``1/D`` for ``'mean'``, 1 otherwise; 0 where the row does not count)."""
+        counted = self.counted[i:j]
+        if self.denominator is None:
+            return counted.to(self.w_y.dtype)
+        # where, not a product: 1/D is inf when no row counts
+        return torch.where(counted, self.scale(), torch.zeros((), dtype=self.w_y.dtype))
+
+    def reduce(self, values: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Per-row ``values`` (N,) reduced as asked: 0 where a row does not count; the (N,)
+        vector for ``'none'``, its sum, or the sum over ``D``; cast to ``dtype``."""
+        values = torch.where(self.counted, values, torch.zeros((), dtype=values.dtype))
+        if self.reduction != "none":
+            values = values.sum()
+            if self.denominator is not None:
+                denominator = self.denominator.to(values.dtype)
+                values = divide_mean(values, denominator, normalized=self.normalized)
+        return values if dtype is None else values.to(dtype)
+
+
+def count_rows(
+    target: Tensor,
+    *,
+    ignore_index: int | None,
+    reduction: str,
+    weight: Tensor | None = None,
+    mask: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Rows:
+    """The :class:`Rows` of flat ``(N,)`` integer targets.
+
+    Args:
+        target: ``(N,)`` class indices (any value where the row does not count).
+        ignore_index: target value of rows that do not count, or None (every row counts).
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        weight: ``(C,)`` class weights, or None.
+        mask: ``(N,)`` bool, True where the row counts, or None.
+        normalizer: ``'mean'``'s denominator instead of the sum of the target weights.
+        dtype: of ``w_y`` and ``D`` (the computation's dtype).
+    """
+    if ignore_index is None:
+        counted = torch.ones(target.shape, dtype=torch.bool, device=target.device)
+    else:
+        counted = target != ignore_index
+    if mask is not None:
+        counted = counted & mask
+    y = torch.where(counted, target, torch.zeros((), dtype=target.dtype, device=target.device))
+    zero = torch.zeros((), dtype=dtype, device=target.device)
+    if weight is None:
+        w_y = counted.to(dtype)
+    else:
+        w_y = torch.where(counted, weight.detach().to(dtype).index_select(0, y), zero)
+    denominator = None
+    if reduction == "mean":
+        if normalizer is not None:
+            denominator = as_normalizer(normalizer, zero)
+        else:
+            denominator = w_y.sum()
+    return Rows(counted, y, w_y, reduction, denominator, normalizer is not None)

@@ -233,7 +233,7 @@ def _exchange(
                 flat = int(out.nonzero()[0, 0])
                 raise V.LossIndexError(
                     f"target has class index {int(t[flat])} at position "
-                    f"{V._position(flat, target.shape)}, but {span} (this rank, {rank}, holds "
+                    f"{V.position(flat, target.shape)}, but {span} (this rank, {rank}, holds "
                     f"classes {start}..{start + v_local - 1}).{stop}"
                 )
             r = bad[0]

@@ -1,12 +1,4 @@
-"""Input checks for every public entry point, and the error family they raise.
-
-All checks run once, at the public entry, before any computation. Shape, dtype and option checks
-are free; value checks (class-index range, probabilities in [0, 1]) cost one cheap min/max pass
-and are skipped with ``validate=False``.
-
-Messages name the argument, what was expected and what came, e.g.
-``target has class index 7 at position (3,), but input has 3 classes (dim 1)``.
-"""
+"""Checks of tensor arguments: type, dtype, device, shape, and the values of targets."""
 
 from __future__ import annotations
 
@@ -16,29 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = [
-    "LossError",
-    "LossIndexError",
-    "LossTypeError",
-    "LossValueError",
-]
-
-
-class LossError(Exception):
-    """Base of every error losskit raises for bad input."""
-
-
-class LossValueError(LossError, ValueError):
-    """A shape, value or option is wrong."""
-
-
-class LossTypeError(LossError, TypeError):
-    """A dtype or argument type is wrong."""
-
-
-class LossIndexError(LossError, IndexError):
-    """A class index is out of range."""
-
+from .errors import LossIndexError, LossTypeError, LossValueError
 
 _FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -51,7 +21,7 @@ def shape_str(shape: Sequence[int] | torch.Size) -> str:
     return "(" + ", ".join(str(d) for d in dims) + ")"
 
 
-def _position(flat_index: int, shape: torch.Size) -> str:
+def position(flat_index: int, shape: torch.Size) -> str:
     """The multi-index of ``flat_index`` in ``shape``, as text."""
     if len(shape) == 0:
         return "()"
@@ -139,21 +109,6 @@ def require_broadcastable_to(name: str, tensor: Tensor, shape: torch.Size, what:
         )
 
 
-def check_float_option(
-    name: str, value: object, *, low: float, high: float = math.inf, low_open: bool = False
-) -> float:
-    """A Python number inside [low, high] (or (low, high] with ``low_open``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LossTypeError(f"{name} must be a float, got {type(value).__name__}")
-    value = float(value)
-    below = value <= low if low_open else value < low
-    if math.isnan(value) or below or value > high:
-        left = "(" if low_open else "["
-        right = "]" if math.isfinite(high) else ")"
-        raise LossValueError(f"{name} must be in {left}{low:g}, {high:g}{right}, got {value:g}")
-    return value
-
-
 def check_unit_interval(name: str, tensor: Tensor, *, what: str) -> None:
     """Values in [0, 1] (one min/max pass). NaN fails too."""
     if tensor.numel() == 0:
@@ -164,7 +119,7 @@ def check_unit_interval(name: str, tensor: Tensor, *, what: str) -> None:
         value = tensor.reshape(-1)[flat].item()
         raise LossValueError(
             f"{name} must hold {what} in [0, 1], got {value:g} at position "
-            f"{_position(flat, tensor.shape)}"
+            f"{position(flat, tensor.shape)}"
         )
 
 
@@ -237,7 +192,7 @@ def check_class_indices(
         flat = int(bad.reshape(-1).nonzero()[0, 0])
         value = int(target.reshape(-1)[flat])
         raise LossIndexError(
-            f"target has class index {value} at position {_position(flat, target.shape)}, but "
+            f"target has class index {value} at position {position(flat, target.shape)}, but "
             f"{classes_of} has {num_classes} classes (dim {class_dim}); valid indices are 0.."
             f"{num_classes - 1}, or ignore_index={ignore_index}"
         )
