@@ -10,6 +10,8 @@ import torch
 
 import losskit.functional as LF
 from losskit import cli, tour
+from losskit.tour.module_vs_functional import _forward_with_tutorial_bug
+from losskit.tour.training import _progress
 
 QUICK_STEPS = (1, 2, 3, 4, 5, 6)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -90,7 +92,7 @@ def test_the_two_cnns_agree_and_each_tutorial_bug_breaks_the_functional_one() ->
     assert torch.equal(cnn(images), functional(images))
     for bug in tour.TUTORIAL_BUGS:
         with pytest.raises((RuntimeError, TypeError)):
-            tour._forward_with_tutorial_bug(functional, images, bug)
+            _forward_with_tutorial_bug(functional, images, bug)
 
 
 def test_training_claims_pass_and_clear_their_thresholds(trained: tour.Tour) -> None:
@@ -176,7 +178,7 @@ def test_without_the_demo_extra_step_7_and_pictures_say_how_to_enable(
 
 def test_progress_bar_falls_back_without_tqdm_and_is_off_when_quiet(monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "tqdm", None)
-    assert list(tour._progress(range(4), total=4, desc="(a)", enabled=True)) == [0, 1, 2, 3]
+    assert list(_progress(range(4), total=4, desc="(a)", enabled=True)) == [0, 1, 2, 3]
     assert "(a) [#####" in capsys.readouterr().err
-    assert list(tour._progress(range(4), total=4, desc="(a)", enabled=False)) == [0, 1, 2, 3]
+    assert list(_progress(range(4), total=4, desc="(a)", enabled=False)) == [0, 1, 2, 3]
     assert capsys.readouterr().err == ""
