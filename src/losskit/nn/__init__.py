@@ -1,0 +1,33 @@
+"""Loss Modules: thin wrappers that hold configuration and buffers, like ``nn.Conv2d``.
+
+Each constructor has torch's signature (losskit's additions keyword-only); each ``forward`` is one
+call of the matching function in :mod:`losskit.functional`, which the class names as its
+``function`` attribute (``losskit.MSELoss.function is losskit.functional.mse_loss``). Class
+``weight`` and ``pos_weight`` are registered buffers, so they follow ``.to(device)`` and land in
+``state_dict``. ``mask`` and ``normalizer`` change from batch to batch, so ``forward`` takes them
+as keyword arguments.
+
+One file per family, as in :mod:`losskit.functional`: ``regression``, ``binary``,
+``categorical``, ``focal``, ``linear``; ``_base`` holds what they share.
+"""
+
+from .binary import BCELoss, BCEWithLogitsLoss
+from .categorical import CrossEntropyLoss, KLDivLoss, NLLLoss
+from .focal import FocalLoss, SigmoidFocalLoss
+from .linear import LinearCrossEntropyLoss
+from .regression import HuberLoss, L1Loss, MSELoss, SmoothL1Loss
+
+__all__ = [
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "FocalLoss",
+    "HuberLoss",
+    "KLDivLoss",
+    "L1Loss",
+    "LinearCrossEntropyLoss",
+    "MSELoss",
+    "NLLLoss",
+    "SigmoidFocalLoss",
+    "SmoothL1Loss",
+]

@@ -1,0 +1,123 @@
+"""Categorical Modules: cross-entropy and negative log-likelihood over classes, KL divergence."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .. import _validate as V
+from .. import functional as LF
+from .._reduction import resolve
+from ._base import Mask, Normalizer, _WeightedLoss, settings
+
+
+class CrossEntropyLoss(_WeightedLoss):
+    """Cross-entropy on logits; see :func:`losskit.functional.cross_entropy`.
+
+    Example:
+        >>> import torch, losskit
+        >>> loss = losskit.CrossEntropyLoss(label_smoothing=0.1)
+        >>> loss(torch.zeros(2, 4), torch.tensor([0, 3])).shape
+        torch.Size([])
+    """
+
+    function = staticmethod(LF.cross_entropy)
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        return_z_loss: bool = False,
+        impl: str = "auto",
+        inplace_backward: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(weight, size_average, reduce, reduction)
+        self.ignore_index = ignore_index
+        self.label_smoothing = V.check_float_option(
+            "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
+        self.z_loss = V.check_float_option("z_loss", z_loss, low=0.0)
+        self.softcap = softcap
+        self.return_z_loss = return_z_loss
+        if impl not in LF.categorical.IMPLS:
+            raise V.LossValueError(f"impl must be one of {LF.categorical.IMPLS}, got {impl!r}")
+        self.impl = impl
+        self.inplace_backward = inplace_backward
+        self.validate = validate
+
+    def _options(self) -> dict:
+        opts = {
+            "reduction": self.reduction,
+            "ignore_index": self.ignore_index,
+            "label_smoothing": self.label_smoothing,
+        }
+        if self.z_loss:
+            opts["z_loss"] = self.z_loss
+        if self.softcap is not None:
+            opts["softcap"] = self.softcap
+        if self.impl != "auto":
+            opts["impl"] = self.impl
+        if self.inplace_backward:
+            opts["inplace_backward"] = True
+        return opts
+
+    def forward(
+        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
+    ):
+        return LF.cross_entropy(input, target, **settings(self), mask=mask, normalizer=normalizer)
+
+
+class NLLLoss(_WeightedLoss):
+    """Negative log-likelihood; see :func:`losskit.functional.nll_loss`."""
+
+    function = staticmethod(LF.nll_loss)
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(weight, size_average, reduce, reduction)
+        self.ignore_index = ignore_index
+
+    def _options(self) -> dict:
+        return {"reduction": self.reduction, "ignore_index": self.ignore_index}
+
+    def forward(
+        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
+    ) -> Tensor:
+        return LF.nll_loss(input, target, **settings(self), mask=mask, normalizer=normalizer)
+
+
+class KLDivLoss(nn.Module):
+    """KL divergence; see :func:`losskit.functional.kl_div` (``'batchmean'`` is the true KL)."""
+
+    function = staticmethod(LF.kl_div)
+
+    def __init__(
+        self, size_average=None, reduce=None, reduction: str = "mean", log_target: bool = False
+    ) -> None:
+        super().__init__()
+        if reduction == "batchmean" and size_average is None and reduce is None:
+            self.reduction = "batchmean"
+        else:
+            self.reduction = resolve(reduction, size_average, reduce)
+        self.log_target = log_target
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}, log_target={self.log_target}"
+
+    def forward(
+        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
+    ) -> Tensor:
+        return LF.kl_div(input, target, **settings(self), mask=mask, normalizer=normalizer)
