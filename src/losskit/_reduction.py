@@ -212,7 +212,8 @@ def count_rows(
         target: ``(N,)`` class indices (any value where the row does not count).
         ignore_index: target value of rows that do not count, or None (every row counts).
         reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
-        weight: ``(C,)`` class weights, or None.
+        weight: ``(C,)`` class weights, or None; differentiable (the reference losses
+            differentiate the weights, the ``'mean'`` denominator included).
         mask: ``(N,)`` bool, True where the row counts, or None.
         normalizer: ``'mean'``'s denominator instead of the sum of the target weights.
         dtype: of ``w_y`` and ``D`` (the computation's dtype).
@@ -228,7 +229,7 @@ def count_rows(
     if weight is None:
         w_y = counted.to(dtype)
     else:
-        w_y = torch.where(counted, weight.detach().to(dtype).index_select(0, y), zero)
+        w_y = torch.where(counted, weight.to(dtype).index_select(0, y), zero)
     denominator = None
     if reduction == "mean":
         if normalizer is not None:
