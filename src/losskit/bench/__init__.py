@@ -2,8 +2,9 @@
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``,
 imported only when asked for. Timing, memory, the floor and the output formats are shared in
-:mod:`losskit.bench._common`. Performance figures belong here and in ``benchmarks/``, never in
-the test suite.
+:mod:`losskit.bench._common`; the options and the per-input loop of the benches that compare
+implementations side by side (``ce``, ``lce``) in :mod:`losskit.bench._command`. Performance
+figures belong here and in ``benchmarks/``, never in the test suite.
 """
 
 from __future__ import annotations

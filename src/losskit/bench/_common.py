@@ -180,9 +180,9 @@ def time_cases(
     return times
 
 
-def describe_error(exc: BaseException) -> str:
-    """``failed: Type: first line of the message`` (for a table cell)."""
-    first = (str(exc).strip().splitlines() or [""])[0][:160]
+def describe_error(exc: BaseException, width: int = 160) -> str:
+    """``failed: Type: first line of the message`` (its first ``width`` characters)."""
+    first = (str(exc).strip().splitlines() or [""])[0][:width]
     return f"failed: {type(exc).__name__}: {first}"
 
 
@@ -258,17 +258,17 @@ def peak_extra_bytes(case: Case, device: torch.device | str) -> int | None:
     return max(int(extra), 0)
 
 
-def _child_figures(entry: str, spec: dict, key: str, timeout: float) -> tuple[object, str]:
-    """Run ``losskit.bench._common.<entry>()`` in a fresh process on ``spec``; its ``key``.
+def _child_figures(measure: str, spec: dict, timeout: float) -> tuple[object, str]:
+    """Run :func:`memory_child` in a fresh process: ``measure`` of ``spec``'s case.
 
     The child gets this checkout on its path and this process's thread count. Returns (the
-    figure the child printed under ``key``, or None with an error message).
+    figures the child printed, or None with an error message).
     """
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    code = f"from losskit.bench._common import {entry}; raise SystemExit({entry}())"
-    payload = json.dumps({**spec, "threads": torch.get_num_threads()})
+    code = "from losskit.bench._common import memory_child; raise SystemExit(memory_child())"
+    payload = json.dumps({**spec, "measure": measure, "threads": torch.get_num_threads()})
     try:
         run = subprocess.run(
             [sys.executable, "-c", code, payload],
@@ -283,9 +283,28 @@ def _child_figures(entry: str, spec: dict, key: str, timeout: float) -> tuple[ob
         last = (run.stderr.strip().splitlines() or ["no output"])[-1]
         return None, f"memory child failed: {last}"
     try:
-        return json.loads(run.stdout.strip().splitlines()[-1])[key], ""
+        return json.loads(run.stdout.strip().splitlines()[-1])[measure], ""
     except (ValueError, IndexError, KeyError):
         return None, f"memory child printed {run.stdout[-200:]!r}"
+
+
+def memory_child() -> int:
+    """Entry point of the child process of the ``*_in_subprocess`` measurements.
+
+    ``sys.argv[1]`` is the JSON spec: the bench module and implementation to build with its
+    ``make_case``, the params, the thread count and the measurement (``extra_bytes`` for
+    :func:`peak_extra_bytes`, ``user`` for :func:`user_peak_bytes`).
+    """
+    spec = json.loads(sys.argv[1])
+    torch.set_num_threads(spec["threads"])
+    module = importlib.import_module(spec["module"])
+    case = module.make_case(spec["name"], spec["params"])
+    if spec["measure"] == "user":
+        figures = user_peak_bytes(case, spec["steps"])
+    else:
+        figures = peak_extra_bytes(case, spec["params"]["device"])
+    print(json.dumps({spec["measure"]: figures}))
+    return 0
 
 
 def peak_extra_bytes_in_subprocess(
@@ -296,18 +315,7 @@ def peak_extra_bytes_in_subprocess(
     Returns (bytes or None, an error message or '').
     """
     spec = {"module": module, "name": name, "params": params}
-    return _child_figures("memory_child", spec, "extra_bytes", timeout)
-
-
-def memory_child() -> int:
-    """Entry point of the child process of :func:`peak_extra_bytes_in_subprocess`."""
-    spec = json.loads(sys.argv[1])
-    torch.set_num_threads(spec["threads"])
-    module = importlib.import_module(spec["module"])
-    case = module.make_case(spec["name"], spec["params"])
-    extra = peak_extra_bytes(case, spec["params"]["device"])
-    print(json.dumps({"extra_bytes": extra}))
-    return 0
+    return _child_figures("extra_bytes", spec, timeout)
 
 
 def user_peak_bytes(case: Case, steps: int = 4) -> dict[str, int] | None:
@@ -350,22 +358,12 @@ def user_peak_bytes_in_subprocess(
     Returns (the figures or None, an error message or '').
     """
     spec = {"module": module, "name": name, "params": params, "steps": steps}
-    figures, error = _child_figures("user_memory_child", spec, "user", timeout)
+    figures, error = _child_figures("user", spec, timeout)
     if error:
         return None, error
     if figures is None:
         return None, "peak resident memory is not measurable here (no /proc/self/clear_refs)"
     return figures, ""
-
-
-def user_memory_child() -> int:
-    """Entry point of the child process of :func:`user_peak_bytes_in_subprocess`."""
-    spec = json.loads(sys.argv[1])
-    torch.set_num_threads(spec["threads"])
-    module = importlib.import_module(spec["module"])
-    case = module.make_case(spec["name"], spec["params"])
-    print(json.dumps({"user": user_peak_bytes(case, spec["steps"])}))
-    return 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,17 +21,17 @@ measured in the same run) and to torch eager.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
-import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _command as cmd
 from . import _common as C
 
 IMPLS = {
@@ -44,52 +44,31 @@ IMPLS = {
     "liger": "liger cross_entropy",
 }
 BASELINE = IMPLS["torch"]
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_SHAPES = {"cpu": [(4096, 32000)], "cuda": [(8192, 128256), (4096, 256000), (16384, 32000)]}
-QUICK_SHAPES = {"cpu": [(256, 4096)], "cuda": [(1024, 32000)]}
+SPEC = cmd.Spec(
+    name="ce",
+    impls=IMPLS,
+    shapes={"cpu": [(4096, 32000)], "cuda": [(8192, 128256), (4096, 256000), (16384, 32000)]},
+    quick_shapes={"cpu": [(256, 4096)], "cuda": [(1024, 32000)]},
+    repeats={"cpu": 10, "cuda": 20, "quick": 3},
+    warmup=(2, 1),
+    quick_leaves_out=("compile",),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``losskit bench ce``."""
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument(
-        "--dtype",
-        choices=tuple(DTYPES),
-        default=None,
-        help="logits dtype (default: float32 on cpu, bfloat16 on cuda)",
-    )
-    parser.add_argument(
-        "--shape",
-        type=C.parse_shape,
-        action="append",
-        default=None,
+    cmd.add_options(
+        parser,
+        SPEC,
+        parse_shape=C.parse_shape,
         metavar="N,V",
-        help="tokens and classes; repeat for several (default: cpu 4096,32000; cuda "
+        dtype_help="logits dtype (default: float32 on cpu, bfloat16 on cuda)",
+        shape_help="tokens and classes; repeat for several (default: cpu 4096,32000; cuda "
         "8192,128256 4096,256000 16384,32000; --quick: cpu 256,4096, cuda 1024,32000)",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="timed calls per implementation (default 10 on cpu, 20 on cuda; --quick 3)",
-    )
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 2)")
-    parser.add_argument(
-        "--impls",
-        default=None,
-        help=f"comma-separated subset of {','.join(IMPLS)} (default: all that apply; --quick "
-        "leaves out compile)",
-    )
-    parser.add_argument(
-        "--memory",
-        choices=("subprocess", "inprocess", "off"),
-        default=None,
-        help="CPU peak memory: a fresh process per implementation (default), this process "
+        impls_default="default: all that apply; --quick leaves out compile",
+        memory_help="CPU peak memory: a fresh process per implementation (default), this process "
         "(--quick's default), or not at all; CUDA always measures in this process",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="folder for ce.csv and ce.png")
-    parser.add_argument(
-        "--quick", action="store_true", help="small default shape, 3 repeats, no torch.compile"
+        quick_help="small default shape, 3 repeats, no torch.compile",
     )
 
 
@@ -135,8 +114,8 @@ def inputs(params: dict) -> tuple[Tensor, Tensor]:
     """Logits (N, V) in the dtype, N(0, 2^2) entries, and uniform targets, seeded."""
     device = torch.device(params["device"])
     gen = torch.Generator(device=device).manual_seed(params.get("seed", 0))
-    n, v = params["n"], params["v"]
-    logits = torch.randn(n, v, generator=gen, device=device, dtype=DTYPES[params["dtype"]])
+    n, v, dtype = params["n"], params["v"], cmd.DTYPES[params["dtype"]]
+    logits = torch.randn(n, v, generator=gen, device=device, dtype=dtype)
     logits.mul_(2.0)
     target = torch.randint(0, v, (n,), generator=gen, device=device)
     return logits, target
@@ -240,105 +219,51 @@ def _peers_line() -> str:
     return line
 
 
-def _device_line(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"device: CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+def _measure_memory(
+    result: C.Result, case: C.Case, key: str, *, params: dict, cfg: cmd.Settings
+) -> None:
+    """``result.extra_bytes``: the peak above the inputs, the returned gradient included."""
+    if cfg.device.type == "cpu" and cfg.memory == "subprocess":
+        result.extra_bytes, err = C.peak_extra_bytes_in_subprocess(__name__, key, params)
+        if err:
+            result.error = err
+    else:
+        try:
+            result.extra_bytes = C.peak_extra_bytes(case, cfg.device)
+        except Exception as exc:
+            result.error = C.describe_error(exc)
 
 
 def run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("losskit bench ce: --device cuda but torch sees no CUDA device")
+    cfg = cmd.settings(args, SPEC)
+    if cfg is None:
         return 2
-    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    dtype = DTYPES[dtype_name]
-    shapes = args.shape or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)[device.type]
-    repeats = args.repeats or (3 if args.quick else (20 if device.type == "cuda" else 10))
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    if args.impls:
-        keys = [k.strip() for k in args.impls.split(",") if k.strip()]
-        unknown = [k for k in keys if k not in IMPLS]
-        if unknown:
-            print(f"losskit bench ce: unknown --impls {unknown}; choose from {list(IMPLS)}")
-            return 2
-    else:
-        keys = [k for k in IMPLS if not (args.quick and k == "compile")]
-    memory = args.memory or ("inprocess" if args.quick else "subprocess")
-
-    print(_device_line(device))
+    print(cmd.device_line(cfg.device))
     print(_peers_line())
-    skipped = {k: applies(k, device.type, dtype) for k in keys}
-    for k, why in skipped.items():
-        if why:
-            print(f"skipped {IMPLS[k]}: {why}")
+    cmd.drop_skipped(cfg, SPEC, applies)
     if args.quick and not args.impls:
         print(
             "skipped torch.compile in --quick (its first call compiles for many seconds); "
             "name it with --impls to include it"
         )
-    keys = [k for k in keys if not skipped[k]]
 
     results: list[C.Result] = []
     floors: dict[str, float] = {}
     logit_bytes: dict[str, int] = {}
-    measure_memory = memory != "off"
-    total = len(shapes) * len(keys) * (warmup + repeats + int(measure_memory))
-    with C.Progress(total, "bench ce") as progress:
-        for n, v in shapes:
-            params = {"n": n, "v": v, "dtype": dtype_name, "device": args.device, "seed": 0}
-            group = f"N={n} V={v} {dtype_name} {device.type}"
+    with cfg.progress(SPEC) as progress:
+        for n, v in cfg.shapes:
+            params = {"n": n, "v": v, "dtype": cfg.dtype_name, "device": args.device, "seed": 0}
+            group = f"N={n} V={v} {cfg.dtype_name} {cfg.device.type}"
             logits, target = inputs(params)
             logit_bytes[group] = logits.numel() * logits.element_size()
-            floors[group] = C.copy_floor(logit_bytes[group], device)
+            floors[group] = C.copy_floor(logit_bytes[group], cfg.device)
             shared: dict[str, Tensor] = {}
-            cases, by_name = [], {}
-            for key in keys:
-                result = C.Result(group, IMPLS[key])
-                try:
-                    case = build(key, logits, target, shared)
-                except Exception as exc:  # e.g. torch.compile without a working compiler
-                    result.error = C.describe_error(exc)
-                    progress.update(IMPLS[key], warmup + repeats + int(measure_memory))
-                else:
-                    cases.append(case)
-                    result.note = case.note
-                by_name[IMPLS[key]] = result
-                results.append(result)
-            errors: dict[str, str] = {}
-            times = C.time_cases(
-                cases,
-                device=device,
-                repeats=repeats,
-                warmup=warmup,
-                progress=progress,
-                errors=errors,
-            )
-            for name, samples in times.items():
-                by_name[name].times_s = samples
-            for name, error in errors.items():
-                by_name[name].error = error
-            if measure_memory:
-                key_of = {IMPLS[k]: k for k in keys}
-                for case in cases:
-                    result = by_name[case.name]
-                    if case.name in errors:
-                        progress.update(case.name)
-                        continue
-                    if device.type == "cpu" and memory == "subprocess":
-                        result.extra_bytes, err = C.peak_extra_bytes_in_subprocess(
-                            __name__, key_of[case.name], params
-                        )
-                        if err:
-                            result.error = err
-                    else:
-                        try:
-                            result.extra_bytes = C.peak_extra_bytes(case, device)
-                        except Exception as exc:
-                            result.error = C.describe_error(exc)
-                    progress.update(case.name)
-            del cases, shared, logits, target
+            make = functools.partial(build, logits=logits, target=target, shared=shared)
+            cases, by_name = cmd.time_group(SPEC, cfg, group, make, progress, catch=True)
+            results += by_name.values()
+            measure = functools.partial(_measure_memory, params=params, cfg=cfg)
+            cmd.measure_each(SPEC, cfg, cases, by_name, progress, measure)
+            del cases, shared, logits, target, make
 
     for group, floor in floors.items():
         speed = 2 * logit_bytes[group] / floor / 1e9
@@ -348,13 +273,11 @@ def run(args: argparse.Namespace) -> int:
         )
     rows = C.report(results, floors, BASELINE)
     C.print_table(rows, baseline=BASELINE)
-    if device.type == "cpu" and memory != "off":
-        how = "a fresh process per implementation" if memory == "subprocess" else "this process"
+    if cfg.device.type == "cpu" and cfg.measure_memory:
+        how = "a fresh process per implementation" if cfg.memory == "subprocess" else "this process"
         print(
             f"\nextra MiB: growth of peak resident memory over one call, in {how}; includes the "
             "gradient"
         )
-    if args.out is not None:
-        meta = {"bench": "ce", "device": device.type, "dtype": dtype_name}
-        C.write_outputs(rows, args.out, "ce", meta, floors)
+    cmd.write_outputs(rows, args.out, SPEC, cfg, floors)
     return 0

@@ -27,15 +27,15 @@ with <= 1 GiB, lean <= 1.40x with <= 64 MiB.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
-import platform
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _command as cmd
 from . import _common as C
 
 IMPLS = {
@@ -51,12 +51,6 @@ IMPLS = {
 }
 FLOOR = IMPLS["gemms"]
 BASELINE = IMPLS["torch"]
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_SHAPES = {
-    "cpu": [(4096, 1024, 32000)],
-    "cuda": [(8192, 4096, 128256), (8192, 2304, 256000)],
-}
-QUICK_SHAPES = {"cpu": [(512, 256, 8000)], "cuda": [(2048, 1024, 32000)]}
 #: (device, implementation key) -> (max ratio to the three GEMMs, max MiB beyond the gradients)
 GOALS = {
     ("cpu", "default"): (1.15, 64.0),
@@ -78,47 +72,34 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return n, d, v
 
 
+SPEC = cmd.Spec(
+    name="lce",
+    impls=IMPLS,
+    shapes={"cpu": [(4096, 1024, 32000)], "cuda": [(8192, 4096, 128256), (8192, 2304, 256000)]},
+    quick_shapes={"cpu": [(512, 256, 8000)], "cuda": [(2048, 1024, 32000)]},
+    repeats={"cpu": 3, "cuda": 10, "quick": 2},
+    warmup=(1, 1),
+    floor_key="gemms",
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``losskit bench lce``."""
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument(
-        "--dtype",
-        choices=tuple(DTYPES),
-        default=None,
-        help="dtype of x and W (default: float32 on cpu, bfloat16 on cuda)",
-    )
-    parser.add_argument(
-        "--shape",
-        type=parse_shape,
-        action="append",
-        default=None,
+    cmd.add_options(
+        parser,
+        SPEC,
+        parse_shape=parse_shape,
         metavar="N,D,V",
-        help="tokens, hidden size, classes; repeat for several (default: cpu 4096,1024,32000; "
-        "cuda 8192,4096,128256 and 8192,2304,256000; --quick: cpu 512,256,8000, cuda "
-        "2048,1024,32000)",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="timed calls per implementation (default 3 on cpu, 10 on cuda; --quick 2)",
-    )
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 1)")
-    parser.add_argument(
-        "--impls",
-        default=None,
-        help=f"comma-separated subset of {','.join(IMPLS)} (default: all that apply)",
-    )
-    parser.add_argument(
-        "--memory",
-        choices=("subprocess", "inprocess", "off"),
-        default=None,
-        help="CPU peak memory: a fresh process per implementation, from its first call over "
-        f"{MEMORY_STEPS} steps, as a user's process sees it (default); one warm call in this "
+        dtype_help="dtype of x and W (default: float32 on cpu, bfloat16 on cuda)",
+        shape_help="tokens, hidden size, classes; repeat for several (default: cpu "
+        "4096,1024,32000; cuda 8192,4096,128256 and 8192,2304,256000; --quick: cpu 512,256,8000, "
+        "cuda 2048,1024,32000)",
+        impls_default="default: all that apply",
+        memory_help="CPU peak memory: a fresh process per implementation, from its first call "
+        f"over {MEMORY_STEPS} steps, as a user's process sees it (default); one warm call in this "
         "process (--quick's default); or not at all. CUDA always measures in this process",
+        quick_help="small default shape, 2 repeats",
     )
-    parser.add_argument("--out", type=Path, default=None, help="folder for lce.csv and lce.png")
-    parser.add_argument("--quick", action="store_true", help="small default shape, 2 repeats")
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,7 +127,7 @@ def applies(key: str, device: str, dtype: torch.dtype) -> str:
 def inputs(params: dict) -> tuple[Tensor, Tensor, Tensor]:
     """x ``(N, D)`` N(0, 1), W ``(V, D)`` scaled so the logits have std 3, targets; seeded."""
     device = torch.device(params["device"])
-    dtype = DTYPES[params["dtype"]]
+    dtype = cmd.DTYPES[params["dtype"]]
     gen = torch.Generator(device=device).manual_seed(params.get("seed", 0))
     n, d, v = params["n"], params["d"], params["v"]
     x = torch.randn(n, d, generator=gen, device=device).to(dtype)
@@ -222,13 +203,6 @@ def make_case(key: str, params: dict) -> C.Case:
 # --------------------------------------------------------------------------------------------
 
 
-def _device_line(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"device: CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
 def _plans_line(n: int, d: int, v: int, dtype: torch.dtype, device: torch.device) -> str:
     from ..kernels.cpu.linear_cross_entropy import BUDGETS, plan_chunks
 
@@ -245,14 +219,14 @@ def _measure_memory(
     result: C.Result,
     case: C.Case,
     key: str,
+    *,
     params: dict,
-    device: torch.device,
-    memory: str,
+    cfg: cmd.Settings,
     grad_bytes: int,
     warm_mib: dict[tuple[str, str], float],
 ) -> None:
     """``result.extra_bytes``: the peak beyond the ``grad_bytes`` of ``dX`` and ``dW``."""
-    if device.type == "cpu" and memory == "subprocess":
+    if cfg.device.type == "cpu" and cfg.memory == "subprocess":
         figures, err = C.user_peak_bytes_in_subprocess(__name__, key, params, steps=MEMORY_STEPS)
         if err:
             result.error = err
@@ -264,7 +238,7 @@ def _measure_memory(
         if warm < 0:  # that step reused pages that the process held already
             text = "a warm step alone: within the pages already held"
     else:
-        extra = C.peak_extra_bytes(case, device)
+        extra = C.peak_extra_bytes(case, cfg.device)
         if extra is None:
             return
         result.extra_bytes = extra - grad_bytes
@@ -291,86 +265,52 @@ def _memory_line(device: torch.device, memory: str, grad_bytes: dict[str, int]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("losskit bench lce: --device cuda but torch sees no CUDA device")
+    cfg = cmd.settings(args, SPEC)
+    if cfg is None:
         return 2
-    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    dtype = DTYPES[dtype_name]
-    shapes = args.shape or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)[device.type]
-    repeats = args.repeats or (2 if args.quick else (10 if device.type == "cuda" else 3))
-    warmup = args.warmup if args.warmup is not None else 1
-    if args.impls:
-        keys = [k.strip() for k in args.impls.split(",") if k.strip()]
-        unknown = [k for k in keys if k not in IMPLS]
-        if unknown:
-            print(f"losskit bench lce: unknown --impls {unknown}; choose from {list(IMPLS)}")
-            return 2
-        if "gemms" not in keys:
-            keys.insert(0, "gemms")  # the floor every ratio refers to
-    else:
-        keys = list(IMPLS)
-    memory = args.memory or ("inprocess" if args.quick else "subprocess")
-
-    print(_device_line(device))
-    skipped = {k: applies(k, device.type, dtype) for k in keys}
-    for k, why in skipped.items():
-        if why:
-            print(f"skipped {IMPLS[k]}: {why}")
-    keys = [k for k in keys if not skipped[k]]
-    for n, d, v in shapes:
-        print(f"N={n} D={d} V={v}: " + _plans_line(n, d, v, dtype, device))
+    print(cmd.device_line(cfg.device))
+    cmd.drop_skipped(cfg, SPEC, applies)
+    for n, d, v in cfg.shapes:
+        print(f"N={n} D={d} V={v}: " + _plans_line(n, d, v, cfg.dtype, cfg.device))
 
     results: list[C.Result] = []
     floors: dict[str, float] = {}
     grad_bytes: dict[str, int] = {}
     warm_mib: dict[tuple[str, str], float] = {}
-    measure_memory = memory != "off"
-    total = len(shapes) * len(keys) * (warmup + repeats + int(measure_memory))
-    with C.Progress(total, "bench lce") as progress:
-        for n, d, v in shapes:
-            params = {"n": n, "d": d, "v": v, "dtype": dtype_name, "device": args.device, "seed": 0}
-            group = f"N={n} D={d} V={v} {dtype_name} {device.type}"
+    with cfg.progress(SPEC) as progress:
+        for n, d, v in cfg.shapes:
+            params = dict(n=n, d=d, v=v, dtype=cfg.dtype_name, device=args.device, seed=0)
+            group = f"N={n} D={d} V={v} {cfg.dtype_name} {cfg.device.type}"
             x, w, y = inputs(params)
             grad_bytes[group] = (x.numel() + w.numel()) * x.element_size()
-            cases, by_name = [], {}
-            for key in keys:
-                result = C.Result(group, IMPLS[key])
-                try:
-                    case = build(key, x, w, y)
-                except Exception as exc:  # noqa: BLE001 - a peer that fails to load
-                    result.error = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-                    progress.update(IMPLS[key], warmup + repeats + int(measure_memory))
-                else:
-                    cases.append(case)
-                    result.note = case.note
-                by_name[IMPLS[key]] = result
-                results.append(result)
-            times = C.time_cases(
-                cases, device=device, repeats=repeats, warmup=warmup, progress=progress
+            make = functools.partial(build, x0=x, w0=w, y=y)
+            # a peer that fails to load is reported; a call that fails stops the bench
+            cases, by_name = cmd.time_group(
+                SPEC, cfg, group, make, progress, catch=False, error_width=120
             )
-            for name, samples in times.items():
-                by_name[name].times_s = samples
+            results += by_name.values()
             floor_ms = by_name[FLOOR].median_ms
             if floor_ms:
                 floors[group] = floor_ms / 1e3
-            if measure_memory:
-                key_of = {IMPLS[k]: k for k in keys}
-                for case in cases:
-                    if case.name != FLOOR:  # the floor's outputs are preallocated: no figure
-                        _measure_memory(by_name[case.name], case, key_of[case.name], params,
-                                        device, memory, grad_bytes[group], warm_mib)  # fmt: skip
-                    progress.update(case.name)
-            del cases, x, w, y
+            measure = functools.partial(
+                _measure_memory,
+                params=params,
+                cfg=cfg,
+                grad_bytes=grad_bytes[group],
+                warm_mib=warm_mib,
+            )
+            # the floor's outputs are preallocated: no figure
+            cmd.measure_each(SPEC, cfg, cases, by_name, progress, measure, skip=(FLOOR,))
+            del cases, x, w, y, make
 
     rows = C.report(results, floors, BASELINE)
     for row in rows:
         row["warm_mib"] = warm_mib.get((str(row["group"]), str(row["impl"])))
     C.print_table(rows, baseline=BASELINE, floor_label="GEMMs", memory_label="MiB beyond grads")
-    print("\n" + _memory_line(device, memory, grad_bytes))
+    print("\n" + _memory_line(cfg.device, cfg.memory, grad_bytes))
     for row in rows:
         key = next((k for k, name in IMPLS.items() if name == row["impl"]), None)
-        goal = GOALS.get((device.type, key))
+        goal = GOALS.get((cfg.device.type, key))
         if goal is None or row["x_floor"] is None:
             continue
         beyond = row["extra_mib"]
@@ -381,7 +321,5 @@ def run(args: argparse.Namespace) -> int:
             f"goal {row['impl']} ({row['group']}): <= {goal[0]}x GEMMs and <= {goal[1]:g} MiB: "
             f"{row['x_floor']:.3f}x, {mem} -> {'met' if ok_t and ok_m else 'MISSED'}"
         )
-    if args.out is not None:
-        meta = {"bench": "lce", "device": device.type, "dtype": dtype_name}
-        C.write_outputs(rows, args.out, "lce", meta, floors)
+    cmd.write_outputs(rows, args.out, SPEC, cfg, floors)
     return 0

@@ -1,0 +1,243 @@
+"""The command shape that ``bench ce`` and ``bench lce`` share.
+
+Both compare named implementations side by side on one input at a time. Each describes itself in
+a :class:`Spec` (its implementations and defaults); this module gives it:
+
+- :func:`add_options`: the options (device, dtype, shapes, repeats, warm-up, implementations,
+  memory, output folder, --quick), in that order;
+- :func:`settings`: what those options leave once the defaults fill the gaps, or None (with the
+  message printed) where they cannot run; :func:`drop_skipped` prints and drops the
+  implementations that do not apply;
+- :func:`device_line`, the first line a run prints;
+- per input, :func:`time_group` (build every implementation, time them together) and
+  :func:`measure_each` (the memory figure of each one that ran);
+- :func:`write_outputs`: the CSV and chart under ``--out``.
+
+Timing, memory, the table and the files themselves are in :mod:`losskit.bench._common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import _common as C
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One bench: its name, its implementations and what it runs when the options say nothing."""
+
+    name: str  # the subcommand, the CSV and PNG file names, the ``bench`` CSV column
+    impls: dict[str, str]  # --impls key -> the row's name
+    shapes: dict[str, list[tuple[int, ...]]]  # device type -> default shapes
+    quick_shapes: dict[str, list[tuple[int, ...]]]
+    repeats: dict[str, int]  # timed calls: "cpu", "cuda", and "quick" on either
+    warmup: tuple[int, int]  # untimed calls first: (default, --quick)
+    quick_leaves_out: tuple[str, ...] = ()  # keys --quick leaves out unless named in --impls
+    floor_key: str | None = None  # the key every ratio refers to: always run
+
+
+@dataclass
+class Settings:
+    """What a run does, once the defaults fill what the options left open."""
+
+    device: torch.device
+    dtype_name: str
+    shapes: list[tuple[int, ...]]
+    repeats: int
+    warmup: int
+    keys: list[str]  # the implementations that run, in order
+    memory: str  # "subprocess", "inprocess" or "off"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype_name]
+
+    @property
+    def measure_memory(self) -> bool:
+        return self.memory != "off"
+
+    @property
+    def steps_per_case(self) -> int:
+        """Progress steps of one implementation on one input: calls, and the memory figure."""
+        return self.warmup + self.repeats + int(self.measure_memory)
+
+    def progress(self, spec: Spec) -> C.Progress:
+        """The progress bar over every implementation on every input."""
+        total = len(self.shapes) * len(self.keys) * self.steps_per_case
+        return C.Progress(total, f"bench {spec.name}")
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    spec: Spec,
+    *,
+    parse_shape: Callable[[str], tuple[int, ...]],
+    metavar: str,
+    dtype_help: str,
+    shape_help: str,
+    impls_default: str,
+    memory_help: str,
+    quick_help: str,
+) -> None:
+    """The options of ``losskit bench <spec.name>``; the help texts a bench words itself."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help=dtype_help)
+    parser.add_argument(
+        "--shape", type=parse_shape, action="append", default=None, metavar=metavar, help=shape_help
+    )
+    r = spec.repeats
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"timed calls per implementation (default {r['cpu']} on cpu, {r['cuda']} on cuda; "
+        f"--quick {r['quick']})",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help=f"untimed calls first (default {spec.warmup[0]})"
+    )
+    parser.add_argument(
+        "--impls",
+        default=None,
+        help=f"comma-separated subset of {','.join(spec.impls)} ({impls_default})",
+    )
+    parser.add_argument(
+        "--memory", choices=("subprocess", "inprocess", "off"), default=None, help=memory_help
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"folder for {spec.name}.csv and {spec.name}.png"
+    )
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+
+
+def settings(args: argparse.Namespace, spec: Spec) -> Settings | None:
+    """The run ``args`` ask for; None, with the reason printed, where it cannot run."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"losskit bench {spec.name}: --device cuda but torch sees no CUDA device")
+        return None
+    if args.impls:
+        keys = [k.strip() for k in args.impls.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in spec.impls]
+        if unknown:
+            print(
+                f"losskit bench {spec.name}: unknown --impls {unknown}; "
+                f"choose from {list(spec.impls)}"
+            )
+            return None
+        if spec.floor_key is not None and spec.floor_key not in keys:
+            keys.insert(0, spec.floor_key)
+    else:
+        keys = [k for k in spec.impls if not (args.quick and k in spec.quick_leaves_out)]
+    return Settings(
+        device=device,
+        dtype_name=args.dtype or ("bfloat16" if device.type == "cuda" else "float32"),
+        shapes=args.shape or (spec.quick_shapes if args.quick else spec.shapes)[device.type],
+        repeats=args.repeats or spec.repeats["quick" if args.quick else device.type],
+        warmup=args.warmup if args.warmup is not None else spec.warmup[int(args.quick)],
+        keys=keys,
+        memory=args.memory or ("inprocess" if args.quick else "subprocess"),
+    )
+
+
+def drop_skipped(
+    run: Settings, spec: Spec, applies: Callable[[str, str, torch.dtype], str]
+) -> None:
+    """Print why each implementation that does not apply here is skipped; keep the others."""
+    skipped = {k: applies(k, run.device.type, run.dtype) for k in run.keys}
+    for k, why in skipped.items():
+        if why:
+            print(f"skipped {spec.impls[k]}: {why}")
+    run.keys = [k for k in run.keys if not skipped[k]]
+
+
+def device_line(device: torch.device) -> str:
+    """``device: ...``: the GPU, or the CPU and its thread count, and the torch version."""
+    if device.type == "cuda":
+        return f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"device: CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def time_group(
+    spec: Spec,
+    run: Settings,
+    group: str,
+    build: Callable[[str], C.Case],
+    progress: C.Progress,
+    *,
+    catch: bool,
+    error_width: int = 160,
+) -> tuple[list[C.Case], dict[str, C.Result]]:
+    """Build every implementation on one input and time them together, round by round.
+
+    Returns the cases that were built and one :class:`Result` per implementation, by row name,
+    in ``run.keys`` order. One that fails to build keeps the error in its result. With
+    ``catch``, one whose call raises keeps that error and has no ``times_s``; without, the
+    exception propagates.
+    """
+    cases, by_name = [], {}
+    for key in run.keys:
+        result = C.Result(group, spec.impls[key])
+        try:
+            case = build(key)
+        except Exception as exc:  # e.g. torch.compile without a working compiler, a peer
+            result.error = C.describe_error(exc, error_width)
+            progress.update(spec.impls[key], run.steps_per_case)
+        else:
+            cases.append(case)
+            result.note = case.note
+        by_name[spec.impls[key]] = result
+    failed: dict[str, str] | None = {} if catch else None
+    timing = {"device": run.device, "repeats": run.repeats, "warmup": run.warmup}
+    times = C.time_cases(cases, **timing, progress=progress, errors=failed)
+    for name, samples in times.items():
+        by_name[name].times_s = samples
+    for name, error in (failed or {}).items():
+        by_name[name].error = error
+    return cases, by_name
+
+
+def measure_each(
+    spec: Spec,
+    run: Settings,
+    cases: list[C.Case],
+    by_name: dict[str, C.Result],
+    progress: C.Progress,
+    measure: Callable[[C.Result, C.Case, str], None],
+    *,
+    skip: Collection[str] = (),
+) -> None:
+    """``measure(result, case, key)`` of each case that ran and is not named in ``skip``.
+
+    Nothing when memory is off.
+    """
+    if not run.measure_memory:
+        return
+    key_of = {spec.impls[k]: k for k in run.keys}
+    for case in cases:
+        if case.name not in skip and not by_name[case.name].error:
+            measure(by_name[case.name], case, key_of[case.name])
+        progress.update(case.name)
+
+
+def write_outputs(
+    rows: list[dict[str, object]],
+    out: Path | None,
+    spec: Spec,
+    run: Settings,
+    floors_s: dict[str, float],
+) -> None:
+    """``<out>/<name>.csv`` and ``<out>/<name>.png`` when ``--out`` was given."""
+    if out is not None:
+        meta = {"bench": spec.name, "device": run.device.type, "dtype": run.dtype_name}
+        C.write_outputs(rows, out, spec.name, meta, floors_s)
