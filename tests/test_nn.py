@@ -15,6 +15,8 @@ from conftest import assert_torch_signature, check_against_torch
 
 import losskit
 import losskit.functional as LF
+import losskit.nn
+from losskit.check import make_examples
 
 NAMES = (
     "MSELoss",
@@ -136,6 +138,22 @@ def test_module_equals_functional_and_torch(key):
     _, ours, theirs, args, functional = SETUPS[key]
     assert torch.equal(ours(*args), functional(*args))
     check_against_torch(ours, theirs, args)
+
+
+@pytest.mark.filterwarnings("ignore:reduction. .mean. divides:UserWarning")  # KLDivLoss
+@pytest.mark.parametrize("name", losskit.nn.__all__)
+def test_every_module_names_its_function(name):
+    """``Module.function`` is the function of losskit.functional its forward calls."""
+    cls = getattr(losskit.nn, name)
+    function = cls.function
+    assert getattr(LF, function.__name__) is function
+    index = name in ("CrossEntropyLoss", "NLLLoss", "FocalLoss", "LinearCrossEntropyLoss")
+    x, y = make_examples((4, 3), target="index" if index else "float", dtype=torch.float64)
+    if cls is losskit.LinearCrossEntropyLoss:  # the head's weight is the function's 2nd input
+        module = cls(3, 5, dtype=torch.float64)
+        assert torch.equal(module(x, y), cls.function(x, module.linear.weight, y))
+    else:
+        assert torch.equal(cls()(x, y), cls.function(x, y))
 
 
 # --------------------------------------------------------------------------------------------
