@@ -14,6 +14,7 @@ import torch
 
 import losskit
 import losskit.functional as LF
+import losskit.nn
 from losskit.check import CheckReport, main, make_examples
 
 PROPERTIES = [
@@ -91,6 +92,23 @@ def test_check_compares_module_and_function_twins():
     # a user's Module and the function it claims to equal
     twin = run(My_loss(), functional=LF.mse_loss)["module = function"]
     assert twin.passed and not twin.skipped
+
+
+@pytest.mark.parametrize("name", losskit.nn.__all__)
+def test_check_takes_the_twins_from_module_function(name):
+    """A Module's twin is its ``function``; a function's twin, the Module naming it. The linear
+    loss's function also takes the head, so neither of the two has a twin to compare with."""
+    cls = getattr(losskit.nn, name)
+    index = name in ("CrossEntropyLoss", "NLLLoss", "FocalLoss", "LinearCrossEntropyLoss")
+    examples = make_examples((4, 3), target="index" if index else "float")
+    if cls is losskit.LinearCrossEntropyLoss:
+        assert run(cls(3, 5), *examples)["module = function"].skipped
+        assert run(cls.function, *examples)["module = function"].skipped
+        return
+    for loss in (cls(), cls.function):
+        twin = run(loss, *examples)["module = function"]
+        assert twin.passed and not twin.skipped, twin
+        assert twin.detail.startswith(f"{name} vs {cls.function.__name__} "), twin
 
 
 def test_check_counts_ignored_and_masked_targets():

@@ -314,14 +314,8 @@ def loss_function(
     )
 
     class Module(Loss):
-        def __init__(
-            self,
-            weight: Tensor | None = None,
-            size_average: bool | None = None,
-            reduce: bool | None = None,
-            reduction: str = "mean",
-            **hyper,
-        ) -> None:
+        # Loss's options, with Loss's defaults and annotations, then the hyper-parameters
+        def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean", **hyper):
             super().__init__(weight, size_average, reduce, reduction)
             check_hyper(hyper, f"{type(self).__name__}()")
             missing = [n for n in hyper_names if n not in hyper and n not in defaults]
