@@ -28,19 +28,27 @@ Reduction = Literal["none", "mean", "sum"]
 VALID_REDUCTIONS = ("none", "mean", "sum")
 
 
-def resolve(reduction: str, size_average: bool | None = None, reduce: bool | None = None) -> str:
+def resolve(
+    reduction: str,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    *,
+    depth: int = 0,
+) -> str:
     """Return ``'none'``, ``'mean'`` or ``'sum'``, mapping legacy arguments as torch does.
 
     ``size_average``/``reduce``, when either is given, override ``reduction`` (with torch's
-    deprecation warning). ``'elementwise_mean'`` is the old name of ``'mean'``.
+    deprecation warning). ``'elementwise_mean'`` is the old name of ``'mean'``. The warnings
+    point at the caller of the public function that called this one, ``depth`` frames further
+    out when that function reached here through helpers.
     """
     if size_average is not None or reduce is not None:
-        return legacy_get_string(size_average, reduce)
+        return legacy_get_string(size_average, reduce, stacklevel=4 + depth)
     if reduction == "elementwise_mean":
         warnings.warn(
             "reduction='elementwise_mean' is deprecated, please use reduction='mean' instead.",
             FutureWarning,
-            stacklevel=3,
+            stacklevel=3 + depth,
         )
         return "mean"
     if reduction not in VALID_REDUCTIONS:
@@ -52,7 +60,11 @@ def resolve(reduction: str, size_average: bool | None = None, reduce: bool | Non
 
 
 def legacy_get_string(
-    size_average: bool | None, reduce: bool | None, emit_warning: bool = True
+    size_average: bool | None,
+    reduce: bool | None,
+    emit_warning: bool = True,
+    *,
+    stacklevel: int = 4,
 ) -> str:
     """torch's mapping of the legacy flags: both default to True."""
     size_average = True if size_average is None else size_average
@@ -68,7 +80,7 @@ def legacy_get_string(
             f"size_average and reduce args will be deprecated, please use reduction='{ret}' "
             "instead.",
             FutureWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
     return ret
 

@@ -11,18 +11,29 @@ Messages name the argument, what was expected and what came, e.g.
 - :mod:`.tensors`: checks of tensor arguments (dtype, device, shape, index ranges, masks).
 - :mod:`.options`: checks of options, returning the frozen option objects the losses, their
   Modules, the kernels and ``losskit.distributed`` share.
+- :mod:`.targets`: classification targets (class indices or probabilities) and their shapes.
+- :mod:`.linear`: the linear + cross-entropy call (head shapes) and its fused path's options.
 """
 
 from .errors import LossError, LossIndexError, LossTypeError, LossValueError
+from .linear import (
+    ACCUMULATE,
+    BUDGETS,
+    LinearCall,
+    check_linear_call,
+    check_linear_options,
+)
 from .options import (
     IMPLS,
     CrossEntropyOptions,
+    check_alpha,
     check_float_option,
     check_ignore_index,
     check_impl,
     check_positive_int,
     cross_entropy_options,
 )
+from .targets import check_classification, index_target_shape
 from .tensors import (
     check_class_indices,
     check_class_weight,
@@ -43,14 +54,21 @@ from .tensors import (
 )
 
 __all__ = [
+    "ACCUMULATE",
+    "BUDGETS",
+    "LinearCall",
+    "check_linear_call",
+    "check_linear_options",
     "IMPLS",
     "CrossEntropyOptions",
     "LossError",
     "LossIndexError",
     "LossTypeError",
     "LossValueError",
+    "check_alpha",
     "check_class_indices",
     "check_class_weight",
+    "check_classification",
     "check_float_option",
     "check_ignore_index",
     "check_impl",
@@ -60,6 +78,7 @@ __all__ = [
     "check_positive_int",
     "check_unit_interval",
     "cross_entropy_options",
+    "index_target_shape",
     "position",
     "require_broadcastable_to",
     "require_floating",

@@ -18,6 +18,7 @@ from .errors import LossTypeError, LossValueError
 __all__ = [
     "IMPLS",
     "CrossEntropyOptions",
+    "check_alpha",
     "check_float_option",
     "check_ignore_index",
     "check_impl",
@@ -42,6 +43,18 @@ def check_float_option(
         right = "]" if math.isfinite(high) else ")"
         raise LossValueError(f"{name} must be in {left}{low:g}, {high:g}{right}, got {value:g}")
     return value
+
+
+def check_alpha(alpha: object) -> float:
+    """The focal ``alpha``: in [0, 1], or negative to turn the class balancing off."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise LossTypeError(f"alpha must be a float, got {type(alpha).__name__}")
+    alpha = float(alpha)
+    if alpha != alpha or alpha > 1.0:
+        raise LossValueError(
+            f"alpha must be in [0, 1] (or negative to turn the class balancing off), got {alpha:g}"
+        )
+    return alpha
 
 
 def check_impl(impl: object) -> str:
@@ -102,7 +115,7 @@ def cross_entropy_options(
 ) -> CrossEntropyOptions:
     """Check a cross-entropy's options (legacy ``size_average``/``reduce`` mapped as torch maps
     them) and return them frozen."""
-    reduction = resolve(reduction, size_average, reduce)
+    reduction = resolve(reduction, size_average, reduce, depth=1)
     label_smoothing = check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
     z_loss = check_float_option("z_loss", z_loss, low=0.0)
     if softcap is not None:

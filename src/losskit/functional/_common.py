@@ -39,3 +39,13 @@ def keep(tensor: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return tensor
     return torch.where(mask, tensor, torch.zeros((), dtype=tensor.dtype, device=tensor.device))
+
+
+def flatten_classes(x: Tensor) -> Tensor:
+    """Rows of class scores: ``(N, C, d1..dK) -> (N * d1..dK, C)``; ``(C,) -> (1, C)``;
+    ``(N, C)`` unchanged."""
+    if x.dim() == 1:
+        return x.unsqueeze(0)
+    if x.dim() == 2:
+        return x
+    return x.movedim(1, -1).reshape(-1, x.shape[1])

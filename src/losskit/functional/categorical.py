@@ -20,176 +20,48 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
-from .._reduction import as_normalizer, resolve, safe_divide
+from .._reduction import Rows, count_rows, resolve
 from .._reduction import reduce as reduce_loss
-from ._common import compute_dtype, keep, result_dtype
+from ._common import compute_dtype, flatten_classes, keep, result_dtype
 
-__all__ = ["count_targets", "cross_entropy", "kl_div", "nll_loss"]
-
-IMPLS = ("auto", "reference", "fused")
-
-
-# --------------------------------------------------------------------------------------------
-# checks
-# --------------------------------------------------------------------------------------------
-
-
-def _index_target_shape(input: Tensor) -> torch.Size:
-    if input.dim() == 1:
-        return torch.Size([])
-    return torch.Size([input.shape[0], *input.shape[2:]])
+__all__ = [
+    "check_categorical",
+    "class_rows",
+    "count_targets",
+    "cross_entropy",
+    "kl_div",
+    "nll_loss",
+    "reference_cross_entropy",
+]
 
 
-def check_classification(
+def check_categorical(
     input: Tensor,
     target: Tensor,
-    *,
     weight: Tensor | None,
-    ignore_index: int,
-    validate: bool,
-    allow_probabilities: bool,
-    input_name: str = "input",
-    mask: Tensor | None = None,
-) -> bool:
-    """Check a classification call; return True for probability targets, False for indices.
-
-    Values at positions ``mask`` leaves out are not checked (padding may hold anything). A
-    non-default ``ignore_index`` with probability targets is refused (it could only be a no-op).
-    """
-    V.require_tensor(input_name, input)
-    V.require_tensor("target", target)
-    V.require_floating(input_name, input, what="logits or log-probabilities")
-    V.require_same_device("target", target, input_name, input)
-    if input.dim() == 0:
-        raise V.LossValueError(
-            f"{input_name} must have a class dimension: expected shape (C,), (N, C) or "
-            f"(N, C, d1, ...), got a 0-dim tensor"
-        )
-    class_dim = 0 if input.dim() == 1 else 1
-    num_classes = input.shape[class_dim]
-    index_shape = _index_target_shape(input)
-    V.check_class_weight(weight, num_classes, input)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise V.LossTypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-
-    if target.is_floating_point():
-        if target.shape == input.shape and allow_probabilities:
-            if ignore_index != -100:
-                raise V.LossValueError(
-                    f"ignore_index={ignore_index} applies to class-index targets only; to leave "
-                    "out positions of a probability target, pass mask= (True where the position "
-                    "counts)"
-                )
-            if validate:
-                kept = None
-                if mask is not None:
-                    V.check_mask(mask, index_shape)
-                    kept = mask.expand(index_shape).unsqueeze(class_dim)
-                V.check_unit_interval("target", keep(target, kept), what="class probabilities")
-            return True
-        if target.shape == index_shape:
-            raise V.LossTypeError(
-                f"target has shape {V.shape_str(target.shape)} (the class-index shape) but "
-                f"dtype {target.dtype}; class indices must be integers: use target.long()"
-                + (
-                    f" (or pass probabilities of the {input_name}'s shape "
-                    f"{V.shape_str(input.shape)})"
-                    if allow_probabilities
-                    else ""
-                )
-            )
-        if allow_probabilities and target.dim() == input.dim():
-            other = [d for d in range(input.dim()) if d != class_dim]
-            if all(target.shape[d] == input.shape[d] for d in other):
-                raise V.LossValueError(
-                    f"target holds probabilities over {target.shape[class_dim]} classes (dim "
-                    f"{class_dim}) but {input_name} has {num_classes} classes; a probability "
-                    f"target must have the {input_name}'s shape {V.shape_str(input.shape)}"
-                )
-        expected = (
-            f"{V.shape_str(input.shape)} (probabilities)" if allow_probabilities else "nothing"
-        )
-        raise V.LossValueError(
-            f"target has shape {V.shape_str(target.shape)} and dtype {target.dtype}; expected "
-            f"integer class indices of shape {V.shape_str(index_shape)} or floating targets of "
-            f"shape {expected}"
-        )
-
-    if target.dtype == torch.bool or target.is_complex():
-        raise V.LossTypeError(
-            f"target must hold integer class indices (int64) or floating probabilities, got "
-            f"dtype {target.dtype}"
-        )
-    if target.shape != index_shape:
-        _explain_index_shape(input, target, index_shape, input_name, allow_probabilities)
-    if validate:
-        if mask is not None:
-            V.check_mask(mask, index_shape)
-            target = torch.where(mask, target, ignore_index)
-        V.check_class_indices(target, num_classes, ignore_index, class_dim)
-    return False
-
-
-def _explain_index_shape(
-    input: Tensor,
-    target: Tensor,
-    index_shape: torch.Size,
-    name: str,
-    allow_probabilities: bool,
-) -> None:
-    """Raise the error for an integer target whose shape is not the class-index shape."""
-    got, want = V.shape_str(target.shape), V.shape_str(index_shape)
-    if input.dim() >= 2 and target.shape == input.shape:
-        # an integer one-hot target: torch 2.13 refuses it too (probabilities must float)
-        if allow_probabilities:
-            raise V.LossTypeError(
-                f"target has the {name}'s shape {got} but dtype {target.dtype}; a one-hot or "
-                f"probability target must be floating-point: use target.float() (or pass class "
-                f"indices of shape {want}: target.argmax(1))"
-            )
-        raise V.LossValueError(
-            f"target has the {name}'s shape {got} (dtype {target.dtype}), but class indices "
-            f"need shape {want}; for a one-hot target use target.argmax(1)"
-        )
-    if input.dim() >= 2 and target.shape == torch.Size([input.shape[0], 1, *input.shape[2:]]):
-        raise V.LossValueError(
-            f"target has shape {got} but class indices need shape {want}: drop the size-1 "
-            f"dimension with target.squeeze(1)"
-        )
-    if input.dim() == 1 and target.dim() == 1 and target.shape[0] == input.shape[0]:
-        raise V.LossValueError(
-            f"{name} has shape {V.shape_str(input.shape)} and target {got}: the class dimension "
-            f"seems to be missing; {name} should be (N, C) with a score per class, or use "
-            f"binary_cross_entropy_with_logits for one score per example"
-            + (
-                f" (if target is a one-hot or probability vector over the {input.shape[0]} "
-                f"classes, it must be floating-point: use target.float())"
-                if allow_probabilities
-                else ""
-            )
-        )
-    if input.dim() >= 3 and target.shape == input.shape[:-1]:
-        raise V.LossValueError(
-            f"{name} has shape {V.shape_str(input.shape)} and target {got}: it looks "
-            f"channels-last; the class dimension must be dim 1: use {name}.movedim(-1, 1)"
-        )
-    raise V.LossValueError(
-        f"target has shape {got}, but {name} of shape {V.shape_str(input.shape)} needs class "
-        f"indices of shape {want}"
-        + (f" (or floating probabilities of the {name}'s shape)" if allow_probabilities else "")
-    )
-
-
-def _check_extras(
-    input: Tensor,
-    index_shape: torch.Size,
-    *,
+    opts: V.CrossEntropyOptions,
     mask: Tensor | None,
     normalizer: float | Tensor | None,
-    reduction: str,
-) -> None:
-    V.check_mask(mask, index_shape)
-    V.check_normalizer(normalizer, reduction)
+    validate: bool,
+    *,
+    probabilities: bool = True,
+) -> bool:
+    """Every check of a categorical loss's call; True for probability targets.
+
+    ``probabilities=False``: the loss takes class indices only (NLL).
+    """
+    is_probabilities = V.check_classification(
+        input,
+        target,
+        weight=weight,
+        ignore_index=opts.ignore_index,
+        validate=validate,
+        allow_probabilities=probabilities,
+        mask=mask,
+    )
+    V.check_mask(mask, V.index_target_shape(input) if probabilities else target.shape)
+    V.check_normalizer(normalizer, opts.reduction)
+    return is_probabilities
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,35 +106,56 @@ def count_targets(
 # --------------------------------------------------------------------------------------------
 
 
-def _flatten_classes(x: Tensor) -> Tensor:
-    """(N, C, d1..dK) -> (N * d1..dK, C); (C,) -> (1, C); (N, C) unchanged."""
-    if x.dim() == 1:
-        return x.unsqueeze(0)
-    if x.dim() == 2:
-        return x
-    return x.movedim(1, -1).reshape(-1, x.shape[1])
-
-
-def _index_rows(
-    logp: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-row (N,) loss before masking, the weight of each row's target, and the valid rows."""
-    valid = target != ignore_index
-    safe = torch.where(valid, target, torch.zeros_like(target))
-    nll = -logp.gather(1, safe.unsqueeze(1)).squeeze(1)
-    w_y = weight[safe] if weight is not None else torch.ones_like(nll)
-    loss = w_y * nll
+def _index_rows(logp: Tensor, w: Tensor | None, rows: Rows, label_smoothing: float) -> Tensor:
+    """Each row's loss (N,) for class-index targets, before the reduction."""
+    loss = rows.w_y * -logp.gather(1, rows.y.unsqueeze(1)).squeeze(1)
     if label_smoothing > 0.0:
-        smooth = -(logp * weight).sum(1) if weight is not None else -logp.sum(1)
+        smooth = -(logp * w).sum(1) if w is not None else -logp.sum(1)
         loss = (1.0 - label_smoothing) * loss + (label_smoothing / logp.shape[1]) * smooth
-    return loss, w_y, valid
+    return loss
 
 
-def _reference_cross_entropy(
+def class_rows(
+    input: Tensor,
+    target: Tensor,
+    *,
+    probabilities: bool,
+    weight: Tensor | None,
+    ignore_index: int | None,
+    reduction: str,
+    mask: Tensor | None,
+    normalizer: float | Tensor | None,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Rows]:
+    """The ``(rows, C)`` logits of a categorical loss in ``dtype`` (zeroed where ``mask`` leaves a
+    position out, so inf/NaN there reaches no gradient) and their :class:`Rows`.
+
+    Class-index targets weigh each row by its target's class weight, so ``'mean'`` divides by
+    their sum; probability targets count positions (torch divides by their number).
+    """
+    out_shape = target.shape if not probabilities else V.index_target_shape(input)
+    flat_mask = mask.expand(out_shape).reshape(-1) if mask is not None else None
+    x = keep(flatten_classes(input).to(dtype), None if mask is None else flat_mask.unsqueeze(1))
+    if probabilities:
+        positions = torch.zeros(out_shape.numel(), dtype=torch.long, device=input.device)
+        rows = count_rows(
+            positions, ignore_index=None, reduction=reduction, mask=flat_mask,
+            normalizer=normalizer, dtype=dtype,
+        )  # fmt: skip
+    else:
+        rows = count_rows(
+            target.reshape(-1).long(), ignore_index=ignore_index, reduction=reduction,
+            weight=weight, mask=flat_mask, normalizer=normalizer, dtype=dtype,
+        )  # fmt: skip
+    return x, rows
+
+
+def _finish(values: Tensor, rows: Rows, out_shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    out = rows.reduce(values, dtype)
+    return out.reshape(out_shape) if rows.reduction == "none" else out
+
+
+def reference_cross_entropy(
     input: Tensor,
     target: Tensor,
     *,
@@ -277,67 +170,43 @@ def _reference_cross_entropy(
     softcap: float | None,
     return_z_loss: bool,
 ) -> Tensor | tuple[Tensor, Tensor]:
+    """The plain-torch cross-entropy of validated inputs (the source of truth)."""
     num_classes = input.shape[0 if input.dim() == 1 else 1]
-    out_shape = target.shape if not probabilities else _index_target_shape(input)
+    out_shape = target.shape if not probabilities else V.index_target_shape(input)
     # torch promotes a probability target and its class weight with the input; an index-form
     # class weight of another dtype (which torch refuses) is cast to the input's
     tensors = [input] + ([target] if probabilities else [])
     if probabilities and weight is not None:
         tensors.append(weight)
     dtype = compute_dtype(*tensors)
-    x = _flatten_classes(input).to(dtype)
-    # rows left out by the mask are zeroed first, so inf/NaN there reaches no gradient
-    kept = mask.expand(out_shape).reshape(-1, 1) if mask is not None else None
-    x = keep(x, kept)
+    x, rows = class_rows(
+        input, target, probabilities=probabilities, weight=weight, ignore_index=ignore_index,
+        reduction=reduction, mask=mask, normalizer=normalizer, dtype=dtype,
+    )  # fmt: skip
     if softcap is not None:
         x = softcap * torch.tanh(x / softcap)
     logp = torch.log_softmax(x, dim=1)
     w = weight.to(dtype) if weight is not None else None
 
     if probabilities:
-        t = keep(_flatten_classes(target).to(dtype), kept)
+        kept = None if mask is None else rows.counted.unsqueeze(1)
+        t = keep(flatten_classes(target).to(dtype), kept)
         if label_smoothing > 0.0:
             t = t * (1.0 - label_smoothing) + label_smoothing / num_classes
         tw = t * w if w is not None else t
-        rows = -(tw * logp).sum(1)
-        counted = None
-        denominator = None  # torch divides the probability form by the number of positions
+        values = -(tw * logp).sum(1)
     else:
-        rows, w_y, counted = _index_rows(
-            logp, target.reshape(-1).long(), w, ignore_index, label_smoothing
-        )
-        denominator = w_y
+        values = _index_rows(logp, w, rows, label_smoothing)
     zrows = None
     if z_loss > 0.0 or return_z_loss:
         lse = torch.logsumexp(x, dim=1)
         zrows = z_loss * lse * lse
-        rows = rows + zrows
-
-    if mask is not None:
-        m = mask.expand(out_shape).reshape(-1)
-        counted = m if counted is None else counted & m
-    zero = torch.zeros((), dtype=dtype, device=x.device)
-
-    def finish(values: Tensor) -> Tensor:
-        if counted is not None:
-            values = torch.where(counted, values, zero)
-        if reduction == "none":
-            return values.reshape(out_shape)
-        total = values.sum()
-        if reduction == "sum":
-            return total
-        if normalizer is not None:
-            return safe_divide(total, as_normalizer(normalizer, total))
-        if denominator is not None:
-            return total / (torch.where(counted, denominator, zero).sum())
-        if counted is not None:
-            return total / counted.sum().to(dtype)
-        return total / values.numel()
+        values = values + zrows
 
     out_dtype = result_dtype(*tensors)
-    loss = finish(rows).to(out_dtype)
+    loss = _finish(values, rows, out_shape, out_dtype)
     if return_z_loss:
-        return loss, finish(zrows).detach().to(out_dtype)
+        return loss, _finish(zrows, rows, out_shape, out_dtype).detach()
     return loss
 
 
@@ -424,25 +293,12 @@ def cross_entropy(
         >>> bool(torch.allclose(a, b))
         True
     """
-    reduction = resolve(reduction, size_average, reduce)
-    label_smoothing = V.check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
-    z_loss = V.check_float_option("z_loss", z_loss, low=0.0)
-    if softcap is not None:
-        softcap = V.check_float_option("softcap", softcap, low=0.0, low_open=True)
-    if impl not in IMPLS:
-        raise V.LossValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    probabilities = check_classification(
-        input,
-        target,
-        weight=weight,
-        ignore_index=ignore_index,
-        validate=validate,
-        allow_probabilities=True,
-        mask=mask,
-    )
-    _check_extras(
-        input, _index_target_shape(input), mask=mask, normalizer=normalizer, reduction=reduction
-    )
+    opts = V.cross_entropy_options(
+        reduction, ignore_index, label_smoothing, z_loss, softcap,
+        size_average=size_average, reduce=reduce,
+    )  # fmt: skip
+    V.check_impl(impl)
+    probabilities = check_categorical(input, target, weight, opts, mask, normalizer, validate)
     if inplace_backward and impl == "reference":
         raise V.LossValueError("inplace_backward=True needs impl='fused' or 'auto'")
     if mask is not None and not probabilities:
@@ -451,13 +307,13 @@ def cross_entropy(
 
     options = dict(
         weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
+        ignore_index=opts.ignore_index,
+        reduction=opts.reduction,
+        label_smoothing=opts.label_smoothing,
         mask=mask,
         normalizer=normalizer,
-        z_loss=z_loss,
-        softcap=softcap,
+        z_loss=opts.z_loss,
+        softcap=opts.softcap,
         return_z_loss=return_z_loss,
     )
     if impl != "reference":
@@ -473,7 +329,7 @@ def cross_entropy(
         )
         if out is not None:
             return out
-    return _reference_cross_entropy(input, target, probabilities=probabilities, **options)
+    return reference_cross_entropy(input, target, probabilities=probabilities, **options)
 
 
 def nll_loss(
@@ -510,38 +366,17 @@ def nll_loss(
         >>> LF.nll_loss(torch.tensor([[-0.5, -1.0]]), torch.tensor([1]))
         tensor(1.)
     """
-    reduction = resolve(reduction, size_average, reduce)
-    check_classification(
-        input,
-        target,
-        weight=weight,
-        ignore_index=ignore_index,
-        validate=validate,
-        allow_probabilities=False,
-        mask=mask,
+    opts = V.cross_entropy_options(
+        reduction, ignore_index, size_average=size_average, reduce=reduce
     )
-    _check_extras(input, target.shape, mask=mask, normalizer=normalizer, reduction=reduction)
-    if mask is not None:
-        # masked positions may hold any index (padding): make them ignore_index for the gather
-        target = torch.where(mask.expand(target.shape), target.long(), ignore_index)
+    check_categorical(input, target, weight, opts, mask, normalizer, validate, probabilities=False)
     dtype = compute_dtype(input)
-    x = _flatten_classes(input).to(dtype)
-    x = keep(x, mask.expand(target.shape).reshape(-1, 1) if mask is not None else None)
+    x, rows = class_rows(
+        input, target, probabilities=False, weight=weight, ignore_index=ignore_index,
+        reduction=opts.reduction, mask=mask, normalizer=normalizer, dtype=dtype,
+    )  # fmt: skip
     w = weight.to(dtype) if weight is not None else None
-    rows, w_y, counted = _index_rows(x, target.reshape(-1).long(), w, ignore_index, 0.0)
-    if mask is not None:
-        counted = counted & mask.expand(target.shape).reshape(-1)
-    zero = torch.zeros((), dtype=dtype, device=x.device)
-    rows = torch.where(counted, rows, zero)
-    if reduction == "none":
-        out = rows.reshape(target.shape)
-    elif reduction == "sum":
-        out = rows.sum()
-    elif normalizer is not None:
-        out = safe_divide(rows.sum(), as_normalizer(normalizer, rows))
-    else:
-        out = rows.sum() / torch.where(counted, w_y, zero).sum()
-    return out.to(input.dtype)
+    return _finish(_index_rows(x, w, rows, 0.0), rows, target.shape, input.dtype)
 
 
 def kl_div(

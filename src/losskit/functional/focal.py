@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
-from .._reduction import as_normalizer, resolve, safe_divide
 from .._reduction import reduce as reduce_loss
-from ._common import compute_dtype, keep, result_dtype
-from .categorical import _flatten_classes, _index_target_shape, check_classification
+from .._reduction import resolve
+from ._common import compute_dtype, flatten_classes, keep, result_dtype
+from .categorical import check_categorical, class_rows
 
 __all__ = ["focal_loss", "sigmoid_focal_loss"]
 
@@ -40,17 +40,6 @@ def _modulate(one_minus_p: Tensor, gamma: float) -> Tensor:
     zero = one_minus_p == 0
     safe = torch.where(zero, torch.ones_like(one_minus_p), one_minus_p)
     return torch.where(zero, torch.zeros_like(one_minus_p), safe.pow(gamma))
-
-
-def check_alpha(alpha: object) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise V.LossTypeError(f"alpha must be a float, got {type(alpha).__name__}")
-    alpha = float(alpha)
-    if alpha != alpha or alpha > 1.0:
-        raise V.LossValueError(
-            f"alpha must be in [0, 1] (or negative to turn the class balancing off), got {alpha:g}"
-        )
-    return alpha
 
 
 def sigmoid_focal_loss(
@@ -111,7 +100,7 @@ def sigmoid_focal_loss(
         True
     """
     reduction = resolve(reduction)
-    alpha = check_alpha(alpha)
+    alpha = V.check_alpha(alpha)
     gamma = V.check_float_option("gamma", gamma, low=0.0)
     label_smoothing = V.check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
     V.require_floating("inputs", inputs, what="logits")
@@ -200,64 +189,28 @@ def focal_loss(
         >>> bool(torch.allclose(LF.focal_loss(logits, y, gamma=0), LF.cross_entropy(logits, y)))
         True
     """
-    reduction = resolve(reduction)
+    opts = V.cross_entropy_options(reduction, ignore_index)
     gamma = V.check_float_option("gamma", gamma, low=0.0)
-    probabilities = check_classification(
-        input,
-        target,
-        weight=weight,
-        ignore_index=ignore_index,
-        validate=validate,
-        allow_probabilities=True,
-        mask=mask,
-    )
-    out_shape = _index_target_shape(input)
-    V.check_mask(mask, out_shape)
-    V.check_normalizer(normalizer, reduction)
+    probabilities = check_categorical(input, target, weight, opts, mask, normalizer, validate)
 
     tensors = [input] + ([target] if probabilities else [])
     dtype = compute_dtype(*tensors)
-    kept = mask.expand(out_shape).reshape(-1, 1) if mask is not None else None
-    logp = torch.log_softmax(keep(_flatten_classes(input).to(dtype), kept), dim=1)
-    w = weight.to(dtype) if weight is not None else None
-    zero = torch.zeros((), dtype=dtype, device=logp.device)
-
+    x, rows = class_rows(
+        input, target, probabilities=probabilities, weight=weight, ignore_index=ignore_index,
+        reduction=opts.reduction, mask=mask, normalizer=normalizer, dtype=dtype,
+    )  # fmt: skip
+    logp = torch.log_softmax(x, dim=1)
     if probabilities:
-        t = keep(_flatten_classes(target).to(dtype), kept)
-        tw = t * w if w is not None else t
+        kept = None if mask is None else rows.counted.unsqueeze(1)
+        t = keep(flatten_classes(target).to(dtype), kept)
+        tw = t * weight.to(dtype) if weight is not None else t
         if gamma != 0.0:
             tw = tw * _modulate(-torch.expm1(logp), gamma)  # 1 - p = -expm1(log p)
-        rows = -(tw * logp).sum(1)
-        counted = None
-        w_y = None
+        values = -(tw * logp).sum(1)
     else:
-        y = target.reshape(-1).long()
-        if mask is not None:  # masked positions may hold any index (padding)
-            y = torch.where(mask.expand(out_shape).reshape(-1), y, ignore_index)
-        counted = y != ignore_index
-        safe = torch.where(counted, y, torch.zeros_like(y))
-        logp_y = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
-        w_y = w[safe] if w is not None else torch.ones_like(logp_y)
-        rows = w_y * -logp_y
+        logp_y = logp.gather(1, rows.y.unsqueeze(1)).squeeze(1)
+        values = rows.w_y * -logp_y
         if gamma != 0.0:
-            rows = rows * _modulate(-torch.expm1(logp_y), gamma)
-
-    if mask is not None:
-        m = mask.expand(out_shape).reshape(-1)
-        counted = m if counted is None else counted & m
-    if counted is not None:
-        rows = torch.where(counted, rows, zero)
-
-    if reduction == "none":
-        out = rows.reshape(out_shape)
-    elif reduction == "sum":
-        out = rows.sum()
-    elif normalizer is not None:
-        out = safe_divide(rows.sum(), as_normalizer(normalizer, rows))
-    elif w_y is not None:
-        out = rows.sum() / torch.where(counted, w_y, zero).sum()
-    elif counted is not None:
-        out = rows.sum() / counted.sum().to(dtype)
-    else:
-        out = rows.sum() / rows.numel()
-    return out.to(result_dtype(*tensors))
+            values = values * _modulate(-torch.expm1(logp_y), gamma)
+    out = rows.reduce(values, result_dtype(*tensors))
+    return out.reshape(V.index_target_shape(input)) if opts.reduction == "none" else out

@@ -9,11 +9,8 @@ chunk of logits exists at a time; it is exact (no gradient is skipped or filtere
 
 from __future__ import annotations
 
-import importlib
 import math
 import warnings
-from dataclasses import dataclass
-from types import ModuleType
 from typing import Literal
 
 import torch
@@ -21,261 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _validate as V
-from .._dispatch import unsupported_reason
-from .._reduction import resolve
-from ..kernels.recompute import Recompute
-from .categorical import _reference_cross_entropy, cross_entropy
+from .._dispatch import fused_linear_cross_entropy, unsupported_reason
+from .categorical import cross_entropy
 
 __all__ = ["linear_cross_entropy"]
-
-IMPLS = ("auto", "reference", "fused")
-BUDGETS = ("default", "lean")
-ACCUMULATE = ("auto", "float32", "input")
-
-
-# --------------------------------------------------------------------------------------------
-# checks
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Call:
-    """What a validated call's shapes say (torch 2.13's contract)."""
-
-    probabilities: bool  # the target holds probabilities (it has the logits' shape)
-    out_features: tuple[int, ...]  # (d1..dK) of a K-dimensional head; () for a plain one
-    index_shape: torch.Size  # the class-index target's (and the 'none' output's) shape
-    logits_shape: torch.Size  # (*lead, C, d1..dK)
-
-
-def _check(
-    input: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    linear_bias: Tensor | None,
-    weight: Tensor | None,
-    ignore_index: int | None,
-    validate: bool,
-) -> _Call:
-    """Check a call against torch 2.13's ``F.linear_cross_entropy`` contract, plus lead dims.
-
-    ``linear_weight`` is ``(C, in_features)`` or ``(C, d1..dK, in_features)``; the logits are
-    ``(*lead, C, d1..dK)`` for ``input`` of shape ``(*lead, in_features)`` (a K-dimensional head
-    needs ``(N, in_features)``, as in torch); a target of the logits' shape holds probabilities.
-    """
-    V.require_floating("input", input, what="hidden states")
-    V.require_floating("linear_weight", linear_weight, what="the head's weight")
-    V.require_tensor("target", target)
-    if input.dim() == 0:
-        raise V.LossValueError(
-            "input must have a feature dimension: expected shape (D,), (N, D) or (B, T, D), got "
-            "a 0-dim tensor"
-        )
-    d = input.shape[-1]
-    if linear_weight.dim() < 2:
-        raise V.LossValueError(
-            f"linear_weight must have shape (num_classes, in_features) or (num_classes, d1, ..., "
-            f"dK, in_features), got shape {V.shape_str(linear_weight.shape)}"
-        )
-    num_classes, in_features = linear_weight.shape[0], linear_weight.shape[-1]
-    out_features = tuple(linear_weight.shape[1:-1])
-    if in_features != d:
-        raise V.LossValueError(
-            f"linear_weight has shape {V.shape_str(linear_weight.shape)}: {in_features} input "
-            f"features (dim {linear_weight.dim() - 1}), but input of shape "
-            f"{V.shape_str(input.shape)} has {d} (last dim)"
-        )
-    if out_features and input.dim() != 2:
-        raise V.LossValueError(
-            f"linear_weight of shape {V.shape_str(linear_weight.shape)} makes a K-dimensional loss "
-            f"(logits (N, {num_classes}, {', '.join(map(str, out_features))})), which needs input "
-            f"of shape (N, {d}), got {V.shape_str(input.shape)}"
-            + (": use input.unsqueeze(0)" if input.dim() == 1 else f": use input.reshape(-1, {d})")
-        )
-    V.require_same_device("linear_weight", linear_weight, "input", input)
-    V.require_same_dtype("linear_weight", linear_weight, "input", input)
-    if linear_bias is not None:
-        V.require_floating("linear_bias", linear_bias)
-        bias_shape = (num_classes, *out_features)
-        if tuple(linear_bias.shape) != bias_shape:
-            raise V.LossValueError(
-                f"linear_bias must have shape {V.shape_str(bias_shape)}, one value per logit of "
-                f"a position, got shape {V.shape_str(linear_bias.shape)}"
-            )
-        V.require_same_device("linear_bias", linear_bias, "input", input)
-        V.require_same_dtype("linear_bias", linear_bias, "input", input)
-    V.check_class_weight(weight, num_classes, input)
-    V.require_same_device("target", target, "input", input)
-    if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
-    ):
-        raise V.LossTypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-
-    lead = tuple(input.shape[:-1])
-    logits_shape = torch.Size([*lead, num_classes, *out_features])
-    index_shape = torch.Size([*lead, *out_features])
-    call = _Call(target.shape == logits_shape, out_features, index_shape, logits_shape)
-    if call.probabilities:
-        if not target.is_floating_point():
-            raise V.LossTypeError(
-                f"target has the logits' shape {V.shape_str(logits_shape)}, the shape of class "
-                f"probabilities, but dtype {target.dtype}; probabilities (one-hot included) must "
-                f"be floating: use target.float(), or pass class indices of shape "
-                f"{V.shape_str(index_shape)}"
-            )
-        if ignore_index is not None:
-            raise V.LossValueError(
-                f"ignore_index={ignore_index} applies to class-index targets only (torch raises "
-                "too); to leave out positions of a probability target, pass mask= (True where "
-                "the position counts)"
-            )
-        if validate:
-            V.check_unit_interval("target", target, what="class probabilities")
-        return call
-    if target.is_floating_point():
-        raise V.LossValueError(
-            f"target has shape {V.shape_str(target.shape)} and dtype {target.dtype}; expected "
-            f"integer class indices of shape {V.shape_str(index_shape)} or probabilities of "
-            f"shape {V.shape_str(logits_shape)}"
-            + (
-                " (class indices must be integers: use target.long())"
-                if target.shape == index_shape
-                else ""
-            )
-        )
-    if target.dtype == torch.bool or target.is_complex():
-        raise V.LossTypeError(
-            f"target must hold integer class indices (int64) or floating probabilities, got "
-            f"dtype {target.dtype}"
-        )
-    if target.shape != index_shape:
-        hint = ""
-        if not out_features and target.shape == torch.Size([*index_shape, 1]):
-            hint = ": drop the size-1 dimension with target.squeeze(-1)"
-        elif target.numel() == index_shape.numel() and input.dim() > 1:
-            hint = f": reshape it with target.reshape({tuple(index_shape)})"
-        raise V.LossValueError(
-            f"target has shape {V.shape_str(target.shape)}, but input of shape "
-            f"{V.shape_str(input.shape)} and linear_weight of shape "
-            f"{V.shape_str(linear_weight.shape)} need one class index per position, shape "
-            f"{V.shape_str(index_shape)}{hint}"
-        )
-    if validate:
-        V.check_class_indices(
-            target, num_classes, -100 if ignore_index is None else ignore_index, 0,
-            classes_of="linear_weight",
-        )  # fmt: skip
-    return call
-
-
-def _check_options(
-    impl: str, chunk_size: int | None, memory_budget: object, accumulate: str
-) -> None:
-    if impl not in IMPLS:
-        raise V.LossValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise V.LossValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    if isinstance(memory_budget, str):
-        if memory_budget not in BUDGETS:
-            raise V.LossValueError(
-                f"memory_budget must be 'default', 'lean' or a number of bytes, got "
-                f"{memory_budget!r}"
-            )
-    elif isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 0:
-        raise V.LossValueError(
-            f"memory_budget must be 'default', 'lean' or a number of bytes >= 0, got "
-            f"{memory_budget!r}"
-        )
-    if accumulate not in ACCUMULATE:
-        raise V.LossValueError(f"accumulate must be one of {ACCUMULATE}, got {accumulate!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# dispatch
-# --------------------------------------------------------------------------------------------
-
-
-def _backend(device: torch.device) -> tuple[ModuleType | None, str]:
-    """The fused launcher module for ``device``, or None and the reason there is none."""
-    if device.type == "cuda":
-        try:
-            return importlib.import_module("losskit.kernels.triton.linear_cross_entropy"), ""
-        except ImportError as exc:
-            return None, f"the Triton kernels could not be loaded ({exc}); pip install triton"
-    if device.type == "cpu":
-        return importlib.import_module("losskit.kernels.cpu.linear_cross_entropy"), ""
-    return None, f"there is no fused kernel for device type {device.type!r}"
-
-
-def _budget_bytes(memory_budget: int | str, device: torch.device) -> int:
-    if not isinstance(memory_budget, str):
-        return int(memory_budget)
-    from ..kernels.cpu.linear_cross_entropy import BUDGETS as TABLE
-
-    kind = "cuda" if device.type == "cuda" else "cpu"
-    return TABLE[(kind, memory_budget)]
-
-
-def _fused(
-    backend: ModuleType,
-    x: Tensor,
-    w: Tensor,
-    target: Tensor,
-    *,
-    bias: Tensor | None,
-    weight: Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    reduction: str,
-    normalizer: float | Tensor | None,
-    mask: Tensor | None,
-    chunk_size: int | None,
-    memory_budget: int | str,
-    accumulate: str,
-    retain_graph: bool,
-    recompute: Recompute,
-) -> Tensor:
-    """The chunked path on 2-D inputs."""
-    from ..kernels.cpu.linear_cross_entropy import plan_chunks
-
-    n, d = x.shape
-    v = w.shape[0]
-    plan = plan_chunks(
-        n, d, v, x.dtype, x.device.type, budget=_budget_bytes(memory_budget, x.device),
-        chunk_size=chunk_size, accumulate=accumulate,
-    )  # fmt: skip
-    if normalizer is not None:
-        normalizer = torch.as_tensor(normalizer, dtype=torch.float32, device=x.device).reshape(())
-    return backend.linear_cross_entropy(
-        x.contiguous(), w.contiguous(), target, bias=bias, weight=weight,
-        ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
-        softcap=softcap, reduction=reduction, normalizer=normalizer, mask=mask, plan=plan,
-        retain_graph=retain_graph, recompute=recompute,
-    )  # fmt: skip
-
-
-_FUSED_EAGER = None
-
-
-def _fused_for_this_call():
-    """:func:`_fused`, wrapped in ``torch.compiler.disable`` while ``torch.compile`` traces.
-
-    Under ``torch.compile`` the chunked call runs eagerly (a graph break) instead of being traced
-    (its Python chunk loop and autograd.Function would be unrolled into the graph). The wrapper
-    is made on first use: decorating at import would import ``torch._dynamo`` (and Triton) with
-    every ``import losskit``.
-    """
-    global _FUSED_EAGER
-    if not torch.compiler.is_compiling():
-        return _fused
-    if _FUSED_EAGER is None:
-        _FUSED_EAGER = torch.compiler.disable(_fused)
-    return _FUSED_EAGER
-
 
 # --------------------------------------------------------------------------------------------
 # the function
@@ -402,40 +148,32 @@ def linear_cross_entropy(
     reduction=reduction, label_smoothing=label_smoothing)`` for 2-D inputs, plus the mask,
     normalizer, z-loss and softcap terms.
     """
-    reduction = resolve(reduction)
-    label_smoothing = V.check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
-    z_loss = V.check_float_option("z_loss", z_loss, low=0.0)
-    if softcap is not None:
-        softcap = V.check_float_option("softcap", softcap, low=0.0, low_open=True)
-    _check_options(impl, chunk_size, memory_budget, accumulate)
+    opts = V.cross_entropy_options(
+        reduction, ignore_index, label_smoothing, z_loss, softcap, allow_none_ignore=True
+    )
+    V.check_linear_options(impl, chunk_size, memory_budget, accumulate)
     chunk_size, accumulate, retain = _apply_options(options, chunk_size, accumulate)
-    call = _check(input, linear_weight, target, linear_bias, weight, ignore_index, validate)
-    ignore_index = -100 if ignore_index is None else ignore_index
+    call = V.check_linear_call(
+        input, linear_weight, target, linear_bias, weight, ignore_index, validate
+    )
     V.check_mask(mask, call.index_shape)
-    V.check_normalizer(normalizer, reduction)
+    V.check_normalizer(normalizer, opts.reduction)
     options_ = dict(
-        weight=weight, ignore_index=ignore_index, reduction=reduction,
-        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, normalizer=normalizer,
+        weight=weight, ignore_index=opts.kernel_ignore_index, reduction=opts.reduction,
+        label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, softcap=opts.softcap,
+        normalizer=normalizer,
     )  # fmt: skip
 
     if impl != "reference":
-        reason = _unfused_reason(input, call)
-        backend = None
-        if not reason:
-            backend, reason = _backend(input.device)
-        if not reason:
-            d = input.shape[-1]
-            flat_mask = None if mask is None else mask.expand(call.index_shape).reshape(-1)
-            rows = target.reshape(-1).long()
-            recompute = _recompute(input, linear_weight, linear_bias, rows, flat_mask, options_)
-            loss = _fused_for_this_call()(
-                backend, input.reshape(-1, d), linear_weight, rows, bias=linear_bias,
-                chunk_size=chunk_size, memory_budget=memory_budget, accumulate=accumulate,
-                retain_graph=retain, recompute=recompute, mask=flat_mask, **options_,
-            )  # fmt: skip
-            return loss.reshape(call.index_shape) if reduction == "none" else loss
-        if impl == "fused":
-            raise V.LossValueError(f"impl='fused' cannot run this call: {reason}")
+        flat_mask = None if mask is None else mask.expand(call.index_shape).reshape(-1)
+        loss, reason = fused_linear_cross_entropy(
+            input, linear_weight, target.reshape(-1).long(), required=impl == "fused",
+            reason=_unfused_reason(input, call), linear_bias=linear_bias, mask=flat_mask,
+            chunk_size=chunk_size, memory_budget=memory_budget, accumulate=accumulate,
+            retain_graph=retain, **options_,
+        )  # fmt: skip
+        if loss is not None:
+            return loss.reshape(call.index_shape) if opts.reduction == "none" else loss
         if options is not None:
             warnings.warn(
                 f"linear_cross_entropy: options ignored, this call takes the reference path "
@@ -448,7 +186,7 @@ def linear_cross_entropy(
     return loss.reshape(call.index_shape) if reduction == "none" else loss
 
 
-def _unfused_reason(input: Tensor, call: _Call) -> str:
+def _unfused_reason(input: Tensor, call: V.LinearCall) -> str:
     """Why the chunked path does not take this call ('' when it does)."""
     if call.out_features and not call.probabilities:
         return "the fused path takes 2-D heads (num_classes, in_features) only"
@@ -461,7 +199,7 @@ def _reference_layout(
     linear_bias: Tensor | None,
     target: Tensor,
     mask: Tensor | None,
-    call: _Call,
+    call: V.LinearCall,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Logits, target and mask in ``cross_entropy``'s layout, the logits made by one GEMM.
 
@@ -503,28 +241,3 @@ def _apply_options(
     if accumulate == "auto" and getattr(options, "acc_dtype", None) == torch.float32:
         accumulate = "float32"
     return chunk_size, accumulate, bool(getattr(options, "allow_retain_graph", False))
-
-
-def _recompute(
-    input: Tensor,
-    linear_weight: Tensor,
-    linear_bias: Tensor | None,
-    rows: Tensor,
-    mask: Tensor | None,
-    options: dict,
-) -> Recompute:
-    """A create_graph=True backward: the reference's gradients of the chunked op's inputs."""
-
-    def build(
-        input: Tensor, linear_weight: Tensor, linear_bias: Tensor | None
-    ) -> tuple[tuple[Tensor, Tensor, Tensor | None], Tensor]:
-        x = input.reshape(-1, input.shape[-1]).contiguous()
-        w = linear_weight.contiguous()
-        logits = F.linear(x, w, linear_bias)
-        loss = _reference_cross_entropy(
-            logits, rows, probabilities=False, mask=mask, return_z_loss=False, **options
-        )
-        return (x, w, linear_bias), loss
-
-    sources = {"input": input, "linear_weight": linear_weight, "linear_bias": linear_bias}
-    return Recompute("linear_cross_entropy", sources, build)

@@ -39,16 +39,16 @@ class CrossEntropyLoss(_WeightedLoss):
         validate: bool = True,
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
-        self.ignore_index = ignore_index
-        self.label_smoothing = V.check_float_option(
-            "label_smoothing", label_smoothing, low=0.0, high=1.0
+        # the function's checks, at construction
+        opts = V.cross_entropy_options(
+            self.reduction, ignore_index, label_smoothing, z_loss, softcap
         )
-        self.z_loss = V.check_float_option("z_loss", z_loss, low=0.0)
-        self.softcap = softcap
+        self.ignore_index = opts.ignore_index
+        self.label_smoothing = opts.label_smoothing
+        self.z_loss = opts.z_loss
+        self.softcap = opts.softcap
         self.return_z_loss = return_z_loss
-        if impl not in LF.categorical.IMPLS:
-            raise V.LossValueError(f"impl must be one of {LF.categorical.IMPLS}, got {impl!r}")
-        self.impl = impl
+        self.impl = V.check_impl(impl)
         self.inplace_backward = inplace_backward
         self.validate = validate
 

@@ -33,7 +33,7 @@ class SigmoidFocalLoss(_Loss):
         validate: bool = True,
     ) -> None:
         super().__init__(reduction=reduction)
-        self.alpha = LF.focal.check_alpha(alpha)
+        self.alpha = V.check_alpha(alpha)
         self.gamma = V.check_float_option("gamma", gamma, low=0.0)
         self.label_smoothing = V.check_float_option(
             "label_smoothing", label_smoothing, low=0.0, high=1.0

@@ -67,7 +67,11 @@ class LinearCrossEntropyLoss(_Loss):
             dtype=dtype,
         )  # fmt: skip
         super().__init__(reduction=reduction)
-        LF.linear._check_options(impl, chunk_size, memory_budget, accumulate)
+        # the function's checks, at construction
+        opts = V.cross_entropy_options(
+            self.reduction, ignore_index, label_smoothing, z_loss, softcap, allow_none_ignore=True
+        )
+        V.check_linear_options(impl, chunk_size, memory_budget, accumulate)
         if weight is not None:
             V.require_tensor("weight", weight)
         self.linear = linear
@@ -75,14 +79,10 @@ class LinearCrossEntropyLoss(_Loss):
         self.out_features = out_features
         self.register_buffer("weight", weight)
         self.weight: Tensor | None
-        self.ignore_index = ignore_index
-        self.label_smoothing = V.check_float_option(
-            "label_smoothing", label_smoothing, low=0.0, high=1.0
-        )
-        self.z_loss = V.check_float_option("z_loss", z_loss, low=0.0)
-        if softcap is not None:
-            softcap = V.check_float_option("softcap", softcap, low=0.0, low_open=True)
-        self.softcap = softcap
+        self.ignore_index = opts.ignore_index
+        self.label_smoothing = opts.label_smoothing
+        self.z_loss = opts.z_loss
+        self.softcap = opts.softcap
         self.options = options
         self.impl = impl
         self.chunk_size = chunk_size

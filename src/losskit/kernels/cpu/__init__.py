@@ -1,1 +1,8 @@
-"""Fused CPU paths: plain torch ops arranged to read the logits once (no compiled extension)."""
+"""Fused CPU paths: plain torch ops arranged to read the logits once (no compiled extension).
+
+One module per loss, named as the loss (``losskit._dispatch`` takes them by that name).
+"""
+
+from . import cross_entropy, linear_cross_entropy
+
+__all__ = ["cross_entropy", "linear_cross_entropy"]
