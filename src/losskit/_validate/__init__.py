@@ -37,6 +37,8 @@ from .targets import check_classification, index_target_shape
 from .tensors import (
     check_class_indices,
     check_class_weight,
+    check_elementwise,
+    check_elementwise_weight,
     check_inplace_allowed,
     check_mask,
     check_normalizer,
@@ -68,6 +70,8 @@ __all__ = [
     "check_alpha",
     "check_class_indices",
     "check_class_weight",
+    "check_elementwise",
+    "check_elementwise_weight",
     "check_classification",
     "check_float_option",
     "check_ignore_index",

@@ -218,3 +218,37 @@ def check_inplace_allowed(name: str, tensor: Tensor, storage_of: Tensor) -> None
         "torch forbids changing in place; pass logits computed from it (the output of the layer "
         "that makes them), or leave inplace_backward=False"
     )
+
+
+def check_elementwise(
+    input: Tensor,
+    target: Tensor,
+    *,
+    mask: Tensor | None,
+    normalizer: float | Tensor | None,
+    reduction: str,
+) -> None:
+    """An elementwise loss's pairing of input and target (same device, equal shapes: no silent
+    broadcasting), and its ``mask`` and ``normalizer``."""
+    require_same_device("target", target, "input", input)
+    require_same_shape(input, target)
+    check_mask(mask, target.shape)
+    check_normalizer(normalizer, reduction)
+
+
+def check_elementwise_weight(
+    name: str, weight: Tensor | None, input: Tensor, *, exact: bool, what: str = ""
+) -> None:
+    """An elementwise weight: real, on the input's device, and of the input's shape (``exact``)
+    or broadcastable to it."""
+    if weight is None:
+        return
+    require_real(name, weight, what=what)
+    require_same_device(name, weight, "input", input)
+    if not exact:
+        require_broadcastable_to(name, weight, input.shape, "the target")
+    elif weight.shape != input.shape:
+        raise LossValueError(
+            f"{name} has shape {shape_str(weight.shape)} but input has shape "
+            f"{shape_str(input.shape)}; an elementwise {name} must match the input"
+        )

@@ -26,23 +26,22 @@ def _check(
     input: Tensor,
     target: Tensor,
     weight: Tensor | None,
+    reduction: str,
+    label_smoothing: float,
     mask: Tensor | None,
     normalizer: float | Tensor | None,
-    reduction: str,
     validate: bool,
-) -> None:
+) -> float:
+    """Check a binary cross-entropy call (``reduction`` already resolved); return the checked
+    label smoothing."""
+    label_smoothing = V.check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
     V.require_floating("input", input)
     V.require_floating("target", target)
-    V.require_same_device("target", target, "input", input)
-    V.require_same_shape(input, target)
-    if weight is not None:
-        V.require_real("weight", weight)
-        V.require_same_device("weight", weight, "input", input)
-        V.require_broadcastable_to("weight", weight, target.shape, "the target")
-    V.check_mask(mask, target.shape)
-    V.check_normalizer(normalizer, reduction)
+    V.check_elementwise(input, target, mask=mask, normalizer=normalizer, reduction=reduction)
+    V.check_elementwise_weight("weight", weight, input, exact=False)
     if validate:  # positions left out by the mask may hold anything (missing labels)
         V.check_unit_interval("target", keep(target, mask), what="probabilities")
+    return label_smoothing
 
 
 def _smooth_labels(target: Tensor, label_smoothing: float) -> Tensor:
@@ -119,8 +118,9 @@ def binary_cross_entropy(
         tensor(0.6931)
     """
     reduction = resolve(reduction, size_average, reduce)
-    label_smoothing = V.check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
-    _check(input, target, weight, mask, normalizer, reduction, validate)
+    label_smoothing = _check(
+        input, target, weight, reduction, label_smoothing, mask, normalizer, validate
+    )
     if validate:
         V.check_unit_interval(
             "input",
@@ -160,16 +160,13 @@ def binary_cross_entropy_with_logits(
     Args:
         input: logits ``x``, any shape.
         target: ``y`` in [0, 1], the input's shape.
-        weight: optional rescaling weight, broadcastable to the target.
-        size_average, reduce: deprecated; mapped to ``reduction`` as torch maps them.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``. Default ``'mean'``.
+        weight, size_average, reduce, reduction: as :func:`binary_cross_entropy`.
         pos_weight: weight of positive examples, broadcastable to the target (usually ``(C,)``).
-        label_smoothing: keyword-only, in [0, 1]: targets become ``y (1 - eps) + eps / 2``.
-        mask, normalizer: keyword-only; see :func:`losskit.functional.mse_loss`.
+        label_smoothing, mask, normalizer: keyword-only; as :func:`binary_cross_entropy`.
         validate: keyword-only; ``False`` skips the [0, 1] target check.
 
     Shape:
-        Input ``(*)``; target ``(*)``, same shape; output scalar, or ``(*)`` with ``'none'``.
+        As :func:`binary_cross_entropy`.
 
     Example:
         >>> import torch, losskit.functional as LF
@@ -177,12 +174,10 @@ def binary_cross_entropy_with_logits(
         tensor(0.6931)
     """
     reduction = resolve(reduction, size_average, reduce)
-    label_smoothing = V.check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
-    _check(input, target, weight, mask, normalizer, reduction, validate)
-    if pos_weight is not None:
-        V.require_real("pos_weight", pos_weight)
-        V.require_same_device("pos_weight", pos_weight, "input", input)
-        V.require_broadcastable_to("pos_weight", pos_weight, target.shape, "the target")
+    label_smoothing = _check(
+        input, target, weight, reduction, label_smoothing, mask, normalizer, validate
+    )
+    V.check_elementwise_weight("pos_weight", pos_weight, input, exact=False)
     tensors = [t for t in (input, target, weight, pos_weight) if t is not None]
     dtype = compute_dtype(*tensors)
     x = keep(input.to(dtype), mask)

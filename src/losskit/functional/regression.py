@@ -7,6 +7,9 @@ only a warning, which silently computes the wrong loss, so losskit raises instea
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -18,31 +21,6 @@ from ._common import compute_dtype, keep, result_dtype
 __all__ = ["huber_loss", "l1_loss", "mse_loss", "smooth_l1_loss"]
 
 
-def _check(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    mask: Tensor | None,
-    normalizer: float | Tensor | None,
-    reduction: str,
-) -> None:
-    V.require_real("input", input)
-    V.require_real("target", target)
-    V.require_one_floating(input, target)
-    V.require_same_device("target", target, "input", input)
-    V.require_same_shape(input, target)
-    if weight is not None:
-        V.require_real("weight", weight, what="one weight per element")
-        V.require_same_device("weight", weight, "input", input)
-        if weight.shape != input.shape:
-            raise V.LossValueError(
-                f"weight has shape {V.shape_str(weight.shape)} but input has shape "
-                f"{V.shape_str(input.shape)}; an elementwise weight must match the input"
-            )
-    V.check_mask(mask, target.shape)
-    V.check_normalizer(normalizer, reduction)
-
-
 def _residual(input: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
     """``input - target`` in the compute dtype, 0 where ``mask`` leaves a position out (zeroed
     before the subtraction, so inf/NaN padding reaches no gradient)."""
@@ -50,16 +28,32 @@ def _residual(input: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
     return keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
 
 
-def _finish(
-    elementwise: Tensor,
-    out_dtype,
+def _loss(
+    input: Tensor,
+    target: Tensor,
+    pointwise: Callable[[Tensor], Tensor],
     reduction: str,
     weight: Tensor | None,
     mask: Tensor | None,
     normalizer: float | Tensor | None,
     *,
     weighted_mean_by_weight_sum: bool,
+    out_dtype: torch.dtype | None = None,
 ) -> Tensor:
+    """Check the call, apply ``pointwise`` to the residual, weigh and reduce it.
+
+    ``out_dtype`` (default: the promoted dtype of input and target) is promoted with the
+    weight's; ``weighted_mean_by_weight_sum``: a weighted ``'mean'`` divides by the weights'
+    sum (MSE, L1) instead of the count (Huber), as torch does.
+    """
+    V.require_real("input", input)
+    V.require_real("target", target)
+    V.require_one_floating(input, target)
+    V.check_elementwise(input, target, mask=mask, normalizer=normalizer, reduction=reduction)
+    V.check_elementwise_weight("weight", weight, input, exact=True, what="one weight per element")
+    elementwise = pointwise(_residual(input, target, mask))
+    if out_dtype is None:
+        out_dtype = result_dtype(input, target)
     mean_denominator = None
     if weight is not None:
         # as torch: the unweighted loss times the weight, in their promoted dtype. One widened
@@ -126,17 +120,10 @@ def mse_loss(
         tensor(2.)
     """
     reduction = resolve(reduction, size_average, reduce)
-    _check(input, target, weight, mask, normalizer, reduction)
-    diff = _residual(input, target, mask)
-    return _finish(
-        diff * diff,
-        result_dtype(input, target),
-        reduction,
-        weight,
-        mask,
-        normalizer,
+    return _loss(
+        input, target, lambda d: d * d, reduction, weight, mask, normalizer,
         weighted_mean_by_weight_sum=True,
-    )
+    )  # fmt: skip
 
 
 def l1_loss(
@@ -162,17 +149,10 @@ def l1_loss(
         tensor(1.)
     """
     reduction = resolve(reduction, size_average, reduce)
-    _check(input, target, weight, mask, normalizer, reduction)
-    diff = _residual(input, target, mask)
-    return _finish(
-        diff.abs(),
-        result_dtype(input, target),
-        reduction,
-        weight,
-        mask,
-        normalizer,
+    return _loss(
+        input, target, torch.abs, reduction, weight, mask, normalizer,
         weighted_mean_by_weight_sum=True,
-    )
+    )  # fmt: skip
 
 
 def _smooth(diff: Tensor, beta: float, slope: float) -> Tensor:
@@ -217,18 +197,11 @@ def smooth_l1_loss(
     """
     reduction = resolve(reduction, size_average, reduce)
     beta = V.check_float_option("beta", beta, low=0.0)
-    _check(input, target, None, mask, normalizer, reduction)
-    diff = _residual(input, target, mask)
-    elementwise = diff.abs() if beta == 0.0 else _smooth(diff, beta, 1.0)
-    return _finish(
-        elementwise,
-        result_dtype(input, target),
-        reduction,
-        None,
-        mask,
-        normalizer,
+    pointwise = torch.abs if beta == 0.0 else functools.partial(_smooth, beta=beta, slope=1.0)
+    return _loss(
+        input, target, pointwise, reduction, None, mask, normalizer,
         weighted_mean_by_weight_sum=False,
-    )
+    )  # fmt: skip
 
 
 def huber_loss(
@@ -260,15 +233,8 @@ def huber_loss(
     """
     reduction = resolve(reduction)
     delta = V.check_float_option("delta", delta, low=0.0, low_open=True)
-    _check(input, target, weight, mask, normalizer, reduction)
-    diff = _residual(input, target, mask)
-    elementwise = _smooth(diff, delta, delta)
-    return _finish(
-        elementwise,
-        input.dtype if input.is_floating_point() else result_dtype(input, target),
-        reduction,
-        weight,
-        mask,
-        normalizer,
-        weighted_mean_by_weight_sum=False,
-    )
+    return _loss(
+        input, target, functools.partial(_smooth, beta=delta, slope=delta), reduction, weight,
+        mask, normalizer, weighted_mean_by_weight_sum=False,
+        out_dtype=input.dtype if input.is_floating_point() else None,
+    )  # fmt: skip
