@@ -52,18 +52,29 @@ class _Loss(nn.Module):
             Module's functional twin), e.g. ``losskit.MSELoss.function is
             losskit.functional.mse_loss``. ``forward`` passes it the input, the target, the
             Module's settings (see :func:`settings`) and the per-batch ``mask`` and
-            ``normalizer``; :func:`losskit.check` compares the two.
+            ``normalizer``; :func:`losskit.check` compares the two. A Module whose function
+            takes other inputs overrides ``forward``.
+        shown: the settings ``repr`` shows.
     """
+
+    #: the settings ``repr`` shows, in order
+    shown: tuple[str, ...] = ("reduction",)
 
     def __init__(self, size_average=None, reduce=None, reduction: str = "mean") -> None:
         super().__init__()
         self.reduction = resolve(reduction, size_average, reduce)
 
+    def forward(
+        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
+    ) -> Tensor:
+        """The loss of a batch: one call of ``function`` with the Module's settings."""
+        return self.function(input, target, **settings(self), mask=mask, normalizer=normalizer)
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self._options().items())
 
     def _options(self) -> dict:
-        return {"reduction": self.reduction}
+        return {name: getattr(self, name) for name in self.shown}
 
 
 class _WeightedLoss(_Loss):

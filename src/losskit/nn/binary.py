@@ -6,7 +6,7 @@ from torch import Tensor
 
 from .. import _validate as V
 from .. import functional as LF
-from ._base import Mask, Normalizer, _WeightedLoss, settings
+from ._base import _WeightedLoss
 
 
 class BCELoss(_WeightedLoss):
@@ -31,15 +31,7 @@ class BCELoss(_WeightedLoss):
             "label_smoothing", label_smoothing, low=0.0, high=1.0
         )
 
-    def _options(self) -> dict:
-        return {"reduction": self.reduction, "label_smoothing": self.label_smoothing}
-
-    def forward(
-        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
-    ) -> Tensor:
-        return LF.binary_cross_entropy(
-            input, target, **settings(self), mask=mask, normalizer=normalizer
-        )
+    shown = ("reduction", "label_smoothing")
 
 
 class BCEWithLogitsLoss(_WeightedLoss):
@@ -67,12 +59,4 @@ class BCEWithLogitsLoss(_WeightedLoss):
             "label_smoothing", label_smoothing, low=0.0, high=1.0
         )
 
-    def _options(self) -> dict:
-        return {"reduction": self.reduction, "label_smoothing": self.label_smoothing}
-
-    def forward(
-        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
-    ) -> Tensor:
-        return LF.binary_cross_entropy_with_logits(
-            input, target, **settings(self), mask=mask, normalizer=normalizer
-        )
+    shown = ("reduction", "label_smoothing")

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from .. import _validate as V
 from .. import functional as LF
 from .._reduction import resolve
-from ._base import Mask, Normalizer, _WeightedLoss, settings
+from ._base import _Loss, _WeightedLoss
 
 
 class CrossEntropyLoss(_WeightedLoss):
@@ -68,11 +68,6 @@ class CrossEntropyLoss(_WeightedLoss):
             opts["inplace_backward"] = True
         return opts
 
-    def forward(
-        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
-    ):
-        return LF.cross_entropy(input, target, **settings(self), mask=mask, normalizer=normalizer)
-
 
 class NLLLoss(_WeightedLoss):
     """Negative log-likelihood; see :func:`losskit.functional.nll_loss`."""
@@ -88,15 +83,9 @@ class NLLLoss(_WeightedLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
-        self.ignore_index = ignore_index
+        self.ignore_index = V.check_ignore_index(ignore_index)
 
-    def _options(self) -> dict:
-        return {"reduction": self.reduction, "ignore_index": self.ignore_index}
-
-    def forward(
-        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
-    ) -> Tensor:
-        return LF.nll_loss(input, target, **settings(self), mask=mask, normalizer=normalizer)
+    shown = ("reduction", "ignore_index")
 
 
 class KLDivLoss(nn.Module):
@@ -117,7 +106,4 @@ class KLDivLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}, log_target={self.log_target}"
 
-    def forward(
-        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
-    ) -> Tensor:
-        return LF.kl_div(input, target, **settings(self), mask=mask, normalizer=normalizer)
+    forward = _Loss.forward  # a Module of its own: 'batchmean' is no reduction of _Loss

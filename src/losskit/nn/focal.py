@@ -40,13 +40,7 @@ class SigmoidFocalLoss(_Loss):
         )
         self.validate = validate
 
-    def _options(self) -> dict:
-        return {
-            "alpha": self.alpha,
-            "gamma": self.gamma,
-            "reduction": self.reduction,
-            "label_smoothing": self.label_smoothing,
-        }
+    shown = ("alpha", "gamma", "reduction", "label_smoothing")
 
     def forward(
         self, inputs: Tensor, targets: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
@@ -78,14 +72,8 @@ class FocalLoss(_WeightedLoss):
         validate: bool = True,
     ) -> None:
         super().__init__(weight, reduction=reduction)
-        self.ignore_index = ignore_index
+        self.ignore_index = V.check_ignore_index(ignore_index)
         self.gamma = V.check_float_option("gamma", gamma, low=0.0)
         self.validate = validate
 
-    def _options(self) -> dict:
-        return {"reduction": self.reduction, "ignore_index": self.ignore_index, "gamma": self.gamma}
-
-    def forward(
-        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
-    ) -> Tensor:
-        return LF.focal_loss(input, target, **settings(self), mask=mask, normalizer=normalizer)
+    shown = ("reduction", "ignore_index", "gamma")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from .. import _validate as V
 from .. import functional as LF
-from ._base import Mask, Normalizer, _Loss, settings
+from ._base import _Loss
 
 
 class MSELoss(_Loss):
@@ -20,21 +18,11 @@ class MSELoss(_Loss):
 
     function = staticmethod(LF.mse_loss)
 
-    def forward(
-        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
-    ) -> Tensor:
-        return LF.mse_loss(input, target, **settings(self), mask=mask, normalizer=normalizer)
-
 
 class L1Loss(_Loss):
     """Mean absolute error; see :func:`losskit.functional.l1_loss`."""
 
     function = staticmethod(LF.l1_loss)
-
-    def forward(
-        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
-    ) -> Tensor:
-        return LF.l1_loss(input, target, **settings(self), mask=mask, normalizer=normalizer)
 
 
 class SmoothL1Loss(_Loss):
@@ -48,13 +36,7 @@ class SmoothL1Loss(_Loss):
         super().__init__(size_average, reduce, reduction)
         self.beta = V.check_float_option("beta", beta, low=0.0)
 
-    def _options(self) -> dict:
-        return {"reduction": self.reduction, "beta": self.beta}
-
-    def forward(
-        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
-    ) -> Tensor:
-        return LF.smooth_l1_loss(input, target, **settings(self), mask=mask, normalizer=normalizer)
+    shown = ("reduction", "beta")
 
 
 class HuberLoss(_Loss):
@@ -66,10 +48,4 @@ class HuberLoss(_Loss):
         super().__init__(reduction=reduction)
         self.delta = V.check_float_option("delta", delta, low=0.0, low_open=True)
 
-    def _options(self) -> dict:
-        return {"reduction": self.reduction, "delta": self.delta}
-
-    def forward(
-        self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
-    ) -> Tensor:
-        return LF.huber_loss(input, target, **settings(self), mask=mask, normalizer=normalizer)
+    shown = ("reduction", "delta")
