@@ -102,13 +102,14 @@ def test_cross_entropy_hessian_vector_product_equals_torchs(reduction):
 def test_triton_cross_entropy_recomputes_under_create_graph():
     """The Triton launcher (in its interpreter on the CPU) takes the same recompute rule."""
     from losskit._dispatch import _ce_recompute
+    from losskit._validate import CrossEntropyOptions
 
     torch.manual_seed(2)
     x = torch.randn(6, 300, requires_grad=True)
     y = torch.randint(0, 300, (6,))
     opts = dict(weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
                 mask=None, normalizer=None, z_loss=0.0, softcap=None)  # fmt: skip
-    rule = _ce_recompute(x, y, **opts)
+    rule = _ce_recompute(x, y, CrossEntropyOptions(), weight=None, mask=None, normalizer=None)
     loss = triton_ce.cross_entropy(
         x, y, **opts, inplace_backward=False, return_z_loss=False, recompute=rule
     )

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._validate import LossValueError, check_inplace_allowed
+from ._validate import CrossEntropyOptions, LossValueError, check_inplace_allowed
 from .functional._common import flatten_classes
 from .functional.categorical import reference_cross_entropy
 from .kernels.recompute import Recompute
@@ -108,15 +108,15 @@ def _rows(input: Tensor) -> Tensor:
     return logits if logits.stride(1) == 1 else logits.contiguous()
 
 
-def _ce_recompute(input: Tensor, rows: Tensor, **options: object) -> Recompute:
-    """A create_graph=True backward: the reference's gradient of the kernel's ``(N, V)`` rows."""
+def _ce_recompute(
+    input: Tensor, rows: Tensor, opts: CrossEntropyOptions, **extras: Tensor | float | None
+) -> Recompute:
+    """A create_graph=True backward: the reference's gradient of the kernel's ``(N, V)`` rows
+    (``extras``: the call's ``weight``, ``mask`` and ``normalizer``)."""
 
     def build(input: Tensor) -> tuple[tuple[Tensor], Tensor]:
         logits = _rows(input)
-        loss = reference_cross_entropy(
-            logits, rows, probabilities=False, return_z_loss=False, **options
-        )
-        return (logits,), loss
+        return (logits,), reference_cross_entropy(logits, rows, opts, probabilities=False, **extras)
 
     return Recompute("cross_entropy", {"input": input}, build)
 
@@ -128,21 +128,25 @@ def _normalizer(normalizer: float | Tensor | None, device: torch.device) -> Tens
     return torch.as_tensor(normalizer, dtype=torch.float32, device=device).reshape(())
 
 
+def _kernel_options(opts: CrossEntropyOptions) -> dict:
+    """The options as the kernel launchers take them (``kernels/CONTRACT.md``)."""
+    return dict(
+        ignore_index=opts.kernel_ignore_index, label_smoothing=opts.label_smoothing,
+        z_loss=opts.z_loss, softcap=opts.softcap, reduction=opts.reduction,
+    )  # fmt: skip
+
+
 def fused_cross_entropy(
     input: Tensor,
     target: Tensor,
+    opts: CrossEntropyOptions,
     *,
     probabilities: bool,
     required: bool,
     inplace_backward: bool,
     weight: Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
     mask: Tensor | None,
     normalizer: float | Tensor | None,
-    z_loss: float,
-    softcap: float | None,
     return_z_loss: bool,
 ) -> Tensor | tuple[Tensor, Tensor] | None:
     """Run the fused kernel, or return None (``required=False``) when it does not apply."""
@@ -166,26 +170,20 @@ def fused_cross_entropy(
         )
     else:
         recompute = _ce_recompute(
-            input, rows, weight=weight, ignore_index=ignore_index, reduction=reduction,
-            label_smoothing=label_smoothing, mask=mask, normalizer=normalizer, z_loss=z_loss,
-            softcap=softcap,
-        )  # fmt: skip
+            input, rows, opts, weight=weight, mask=mask, normalizer=normalizer
+        )
     result = kernel.cross_entropy(
         logits,
         rows,
         recompute=recompute,
         weight=None if weight is None else weight.to(torch.float32),
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        reduction=reduction,
         normalizer=_normalizer(normalizer, input.device),
         mask=mask,
         inplace_backward=inplace_backward,
         return_z_loss=return_z_loss,
+        **_kernel_options(opts),
     )
-    if reduction != "none":
+    if opts.reduction != "none":
         return result
     if return_z_loss:
         return result[0].reshape(out_shape), result[1].reshape(out_shape)
@@ -202,8 +200,8 @@ def _lce_recompute(
     linear_weight: Tensor,
     linear_bias: Tensor | None,
     rows: Tensor,
-    mask: Tensor | None,
-    options: dict,
+    opts: CrossEntropyOptions,
+    **extras: Tensor | float | None,
 ) -> Recompute:
     """A create_graph=True backward: the reference's gradients of the chunked op's inputs."""
 
@@ -213,10 +211,9 @@ def _lce_recompute(
         x = input.reshape(-1, input.shape[-1]).contiguous()
         w = linear_weight.contiguous()
         logits = F.linear(x, w, linear_bias)
-        loss = reference_cross_entropy(
-            logits, rows, probabilities=False, mask=mask, return_z_loss=False, **options
+        return (x, w, linear_bias), reference_cross_entropy(
+            logits, rows, opts, probabilities=False, **extras
         )
-        return (x, w, linear_bias), loss
 
     sources = {"input": input, "linear_weight": linear_weight, "linear_bias": linear_bias}
     return Recompute("linear_cross_entropy", sources, build)
@@ -260,26 +257,32 @@ def fused_linear_cross_entropy(
     input: Tensor,
     linear_weight: Tensor,
     target: Tensor,
+    opts: CrossEntropyOptions,
     *,
     required: bool,
     reason: str,
     linear_bias: Tensor | None,
+    weight: Tensor | None,
     mask: Tensor | None,
+    normalizer: float | Tensor | None,
     chunk_size: int | None,
     memory_budget: int | str,
     accumulate: str,
     retain_graph: bool,
-    **options: object,
 ) -> tuple[Tensor | None, str]:
     """Run the chunked kernel on ``(*, D)`` inputs with flat ``(N,)`` targets and mask, or
     return None and why not (``required=False``) when it does not apply."""
     kernel, reason = select("linear_cross_entropy", input, required=required, reason=reason)
     if kernel is None:
         return None, reason
-    recompute = _lce_recompute(input, linear_weight, linear_bias, target, mask, options)
+    recompute = _lce_recompute(
+        input, linear_weight, linear_bias, target, opts, weight=weight, mask=mask,
+        normalizer=normalizer,
+    )  # fmt: skip
     loss = eager(_chunked)(
         kernel, input.reshape(-1, input.shape[-1]), linear_weight, target, bias=linear_bias,
-        chunk_size=chunk_size, memory_budget=memory_budget, accumulate=accumulate,
-        retain_graph=retain_graph, recompute=recompute, mask=mask, **options,
+        weight=weight, mask=mask, normalizer=normalizer, chunk_size=chunk_size,
+        memory_budget=memory_budget, accumulate=accumulate, retain_graph=retain_graph,
+        recompute=recompute, **_kernel_options(opts),
     )  # fmt: skip
     return loss, ""

@@ -19,6 +19,7 @@ from .options import check_ignore_index, check_impl, check_positive_int
 from .tensors import (
     check_class_weight,
     require_floating,
+    require_index_dtype,
     require_same_device,
     require_same_dtype,
     require_tensor,
@@ -135,11 +136,7 @@ def check_linear_call(
                 else ""
             )
         )
-    if target.dtype == torch.bool or target.is_complex():
-        raise LossTypeError(
-            f"target must hold integer class indices (int64) or floating probabilities, got "
-            f"dtype {target.dtype}"
-        )
+    require_index_dtype(target)
     if target.shape != index_shape:
         hint = ""
         if not out_features and target.shape == torch.Size([*index_shape, 1]):

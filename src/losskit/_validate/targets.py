@@ -16,6 +16,7 @@ from .tensors import (
     check_class_weight,
     check_mask,
     require_floating,
+    require_index_dtype,
     require_same_device,
     require_tensor,
     shape_str,
@@ -103,11 +104,7 @@ def check_classification(
             f"shape {expected}"
         )
 
-    if target.dtype == torch.bool or target.is_complex():
-        raise LossTypeError(
-            f"target must hold integer class indices (int64) or floating probabilities, got "
-            f"dtype {target.dtype}"
-        )
+    require_index_dtype(target)
     if target.shape != index_shape:
         _explain_index_shape(input, target, index_shape, input_name, allow_probabilities)
     if validate:

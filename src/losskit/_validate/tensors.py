@@ -69,6 +69,15 @@ def require_one_floating(input: Tensor, target: Tensor) -> None:
         )
 
 
+def require_index_dtype(target: Tensor) -> None:
+    """A non-floating target holds class indices: an integer dtype (not bool or complex)."""
+    if target.dtype == torch.bool or target.is_complex():
+        raise LossTypeError(
+            f"target must hold integer class indices (int64) or floating probabilities, got "
+            f"dtype {target.dtype}"
+        )
+
+
 def require_same_dtype(name: str, tensor: Tensor, ref_name: str, ref: Tensor) -> None:
     if tensor.dtype != ref.dtype:
         raise LossTypeError(

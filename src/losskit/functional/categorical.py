@@ -158,19 +158,16 @@ def _finish(values: Tensor, rows: Rows, out_shape: torch.Size, dtype: torch.dtyp
 def reference_cross_entropy(
     input: Tensor,
     target: Tensor,
+    opts: V.CrossEntropyOptions,
     *,
     probabilities: bool,
     weight: Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
     mask: Tensor | None,
     normalizer: float | Tensor | None,
-    z_loss: float,
-    softcap: float | None,
-    return_z_loss: bool,
+    return_z_loss: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The plain-torch cross-entropy of validated inputs (the source of truth)."""
+    label_smoothing, z_loss, softcap = opts.label_smoothing, opts.z_loss, opts.softcap
     num_classes = input.shape[0 if input.dim() == 1 else 1]
     out_shape = target.shape if not probabilities else V.index_target_shape(input)
     # torch promotes a probability target and its class weight with the input; an index-form
@@ -180,8 +177,9 @@ def reference_cross_entropy(
         tensors.append(weight)
     dtype = compute_dtype(*tensors)
     x, rows = class_rows(
-        input, target, probabilities=probabilities, weight=weight, ignore_index=ignore_index,
-        reduction=reduction, mask=mask, normalizer=normalizer, dtype=dtype,
+        input, target, probabilities=probabilities, weight=weight,
+        ignore_index=opts.ignore_index, reduction=opts.reduction, mask=mask,
+        normalizer=normalizer, dtype=dtype,
     )  # fmt: skip
     if softcap is not None:
         x = softcap * torch.tanh(x / softcap)
@@ -305,31 +303,22 @@ def cross_entropy(
         # masked positions may hold any index (padding): make them ignore_index for the gathers
         target = torch.where(mask.expand(target.shape), target.long(), ignore_index)
 
-    options = dict(
-        weight=weight,
-        ignore_index=opts.ignore_index,
-        reduction=opts.reduction,
-        label_smoothing=opts.label_smoothing,
-        mask=mask,
-        normalizer=normalizer,
-        z_loss=opts.z_loss,
-        softcap=opts.softcap,
-        return_z_loss=return_z_loss,
-    )
+    extras = dict(weight=weight, mask=mask, normalizer=normalizer, return_z_loss=return_z_loss)
     if impl != "reference":
         from .._dispatch import fused_cross_entropy
 
         out = fused_cross_entropy(
             input,
             target,
+            opts,
             probabilities=probabilities,
             required=impl == "fused",
             inplace_backward=inplace_backward,
-            **options,
+            **extras,
         )
         if out is not None:
             return out
-    return reference_cross_entropy(input, target, probabilities=probabilities, **options)
+    return reference_cross_entropy(input, target, opts, probabilities=probabilities, **extras)
 
 
 def nll_loss(

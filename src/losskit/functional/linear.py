@@ -158,19 +158,13 @@ def linear_cross_entropy(
     )
     V.check_mask(mask, call.index_shape)
     V.check_normalizer(normalizer, opts.reduction)
-    options_ = dict(
-        weight=weight, ignore_index=opts.kernel_ignore_index, reduction=opts.reduction,
-        label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, softcap=opts.softcap,
-        normalizer=normalizer,
-    )  # fmt: skip
-
     if impl != "reference":
         flat_mask = None if mask is None else mask.expand(call.index_shape).reshape(-1)
         loss, reason = fused_linear_cross_entropy(
-            input, linear_weight, target.reshape(-1).long(), required=impl == "fused",
-            reason=_unfused_reason(input, call), linear_bias=linear_bias, mask=flat_mask,
-            chunk_size=chunk_size, memory_budget=memory_budget, accumulate=accumulate,
-            retain_graph=retain, **options_,
+            input, linear_weight, target.reshape(-1).long(), opts, required=impl == "fused",
+            reason=_unfused_reason(input, call), linear_bias=linear_bias, weight=weight,
+            mask=flat_mask, normalizer=normalizer, chunk_size=chunk_size,
+            memory_budget=memory_budget, accumulate=accumulate, retain_graph=retain,
         )  # fmt: skip
         if loss is not None:
             return loss.reshape(call.index_shape) if opts.reduction == "none" else loss
@@ -182,8 +176,12 @@ def linear_cross_entropy(
                 stacklevel=2,
             )
     logits, target, mask = _reference_layout(input, linear_weight, linear_bias, target, mask, call)
-    loss = cross_entropy(logits, target, impl="reference", validate=False, mask=mask, **options_)
-    return loss.reshape(call.index_shape) if reduction == "none" else loss
+    loss = cross_entropy(
+        logits, target, weight, ignore_index=opts.kernel_ignore_index, reduction=opts.reduction,
+        label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, softcap=opts.softcap,
+        mask=mask, normalizer=normalizer, impl="reference", validate=False,
+    )  # fmt: skip
+    return loss.reshape(call.index_shape) if opts.reduction == "none" else loss
 
 
 def _unfused_reason(input: Tensor, call: V.LinearCall) -> str:
