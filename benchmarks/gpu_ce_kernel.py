@@ -39,7 +39,7 @@ DEV = "cuda"
 CHECK_SHAPES = [(48, 4097), (64, 32003), (32, 128256)]
 BITWISE_VOCABS = (32003, 128256, 256000)
 
-#: (label, impl, plan options) timed at each shape; coop variants run in their own subprocess
+#: (label, plan, plan options) timed at each shape; coop variants run in their own subprocess
 #: (registers per thread and programs per SM from `python tests/kernels/sm90.py`, triton 3.9:
 #: 8K/w16 and 4K/w8 hold 16 values per thread in ~55-60 registers, two or four programs per SM;
 #: 8K/w8 and 16K/w16 hold 32 in ~93-96; 32K/w32 spills, so it is not timed)
@@ -60,12 +60,13 @@ BENCH_PLANS = [
 
 
 def _imports():
-    global torch, F, ce, triton
+    global torch, F, ce, launch_plans, triton
     import torch
     import torch.nn.functional as F
     import triton
 
     import losskit.kernels.triton.cross_entropy as ce
+    import losskit.kernels.triton.plans as launch_plans
 
     return torch, F, ce, triton
 
@@ -195,13 +196,14 @@ def case_check(coop_only: bool) -> None:
             target[1] = -100
             # plans that may spin (coop, and auto on long rows) run in their own subprocess
             plans = ["coop", "auto"] if coop_only else ["rowloop", "split"]
-            if v <= ce.SINGLE_LIMIT and not coop_only:
+            if v <= launch_plans.SINGLE_LIMIT and not coop_only:
                 plans.append("single")
             cases = feature_cases(n, v, dev)
             if dtype == torch.float32:  # keep the number of compiled variants down
                 cases = {k: cases[k] for k in ("plain-mean", "everything-mean")}
-            for impl in plans:
-                if impl == "coop" and ce.make_plan(v, torch.device(dev), "split").chunks < 2:
+            for kind in plans:
+                chunks = launch_plans.make_plan(v, torch.device(dev), "split").chunks
+                if kind == "coop" and chunks < 2:
                     continue
                 worst_case, worst = "", 0.0
                 t0 = time.perf_counter()
@@ -209,9 +211,8 @@ def case_check(coop_only: bool) -> None:
                     up = None
                     if kw.get("reduction") == "none":
                         up = torch.rand(n, device=dev, dtype=torch.float64) + 0.5
-                    out, grad = fwd_bwd(
-                        ce.cross_entropy_impl, logits, target, up, impl=impl, **{**DEFAULTS, **kw}
-                    )
+                    run = ce.cross_entropy_with_plan
+                    out, grad = fwd_bwd(run, logits, target, up, plan=kind, **{**DEFAULTS, **kw})
                     r = compare(out, grad, logits, target, kw, up)
                     r = r if r == r else float("inf")  # NaN fails
                     if r > worst:
@@ -219,7 +220,7 @@ def case_check(coop_only: bool) -> None:
                 ok = worst <= 1.0
                 failures += not ok
                 print(
-                    f"check {str(dtype)[6:]:8s} N={n:<3d} V={v:<6d} {impl:8s} "
+                    f"check {str(dtype)[6:]:8s} N={n:<3d} V={v:<6d} {kind:8s} "
                     f"{'PASS' if ok else 'FAIL'} worst err/allowance={worst:.3f} "
                     f"{worst_case} ({time.perf_counter() - t0:.1f}s)",
                     flush=True,
@@ -232,8 +233,8 @@ def case_check(coop_only: bool) -> None:
             target = torch.randint(0, v, (n,), device=dev)
             kw = {**DEFAULTS, **feature_cases(n, v, dev)["everything-mean"]}
             res = {}
-            for impl in ("coop", "split"):
-                res[impl] = fwd_bwd(ce.cross_entropy_impl, logits, target, impl=impl, **kw)
+            for kind in ("coop", "split"):
+                res[kind] = fwd_bwd(ce.cross_entropy_with_plan, logits, target, plan=kind, **kw)
             same = torch.equal(res["coop"][0], res["split"][0]) and torch.equal(
                 res["coop"][1], res["split"][1]
             )
@@ -242,15 +243,15 @@ def case_check(coop_only: bool) -> None:
         # inplace: gradient lands in the logits, other users of the logits raise
         logits = (torch.randn(16, 128256, device=dev)).to(torch.bfloat16)
         target = torch.randint(0, 128256, (16,), device=dev)
-        _, g_ref = fwd_bwd(ce.cross_entropy_impl, logits, target, **DEFAULTS)
+        _, g_ref = fwd_bwd(ce.cross_entropy_with_plan, logits, target, **DEFAULTS)
         x = logits.clone().requires_grad_(True)
         h = x * 1.0
-        loss = ce.cross_entropy_impl(h, target, **{**DEFAULTS, "inplace_backward": True})
+        loss = ce.cross_entropy_with_plan(h, target, **{**DEFAULTS, "inplace_backward": True})
         (gx,) = torch.autograd.grad(loss, x)
         same = torch.equal(gx, g_ref) and torch.equal(h.detach(), g_ref)
         x = logits.float().clone().requires_grad_(True)
         h = x.tanh()  # tanh saves h for its backward
-        loss = ce.cross_entropy_impl(h, target, **{**DEFAULTS, "inplace_backward": True})
+        loss = ce.cross_entropy_with_plan(h, target, **{**DEFAULTS, "inplace_backward": True})
         try:
             (loss + (h * h).sum()).backward()
             raised = False
@@ -272,10 +273,10 @@ def case_check_big(n: int = 16800, v: int = 128256) -> None:
     x_r = logits[rows].float().requires_grad_(True)
     ref = F.cross_entropy(x_r, target[rows], reduction="none")
     (g_ref,) = torch.autograd.grad(ref.sum(), x_r)
-    for impl in ("auto", "rowloop", "split"):
-        plan = ce.make_plan(v, torch.device(dev), impl)
+    for kind in ("auto", "rowloop", "split"):
+        plan = launch_plans.make_plan(v, torch.device(dev), kind)
         x = logits.requires_grad_(True)
-        out = ce.cross_entropy_impl(x, target, impl=impl, **{**DEFAULTS, "reduction": "none"})
+        out = ce.cross_entropy_with_plan(x, target, plan=kind, **{**DEFAULTS, "reduction": "none"})
         (g,) = torch.autograd.grad(out.sum(), x)
         # float32 math rounded once to bfloat16: within one bf16 ulp (2**-7 relative) of torch's
         # float32 result on the same rows
@@ -283,7 +284,7 @@ def case_check_big(n: int = 16800, v: int = 128256) -> None:
         err_g = ((g[rows].float() - g_ref).abs().max() / g_ref.abs().max()).item()
         ok = err_l <= 2**-7 and err_g <= 2**-7
         print(
-            f"check N*V={n * v / 2**31:.2f}*2^31 {impl}({plan.impl}) "
+            f"check N*V={n * v / 2**31:.2f}*2^31 {kind}({plan.kind}) "
             f"{'PASS' if ok else 'FAIL'} rel. loss err={err_l:.2e} grad err={err_g:.2e}",
             flush=True,
         )
@@ -349,19 +350,19 @@ def case_bench(n: int, v: int, labels: list[str]) -> None:
 
             timed("torch eager", eager)
             continue
-        _, impl, opts = next(p for p in BENCH_PLANS if p[0] == label)
-        if impl == "single" and v > ce.SINGLE_LIMIT:
+        _, kind, opts = next(p for p in BENCH_PLANS if p[0] == label)
+        if kind == "single" and v > launch_plans.SINGLE_LIMIT:
             continue
-        plan = ce.make_plan(v, torch.device(dev), impl, **opts)
+        plan = launch_plans.make_plan(v, torch.device(dev), kind, **opts)
         kw = {**DEFAULTS, **opts}
 
-        def run(impl=impl, kw=kw):
-            out = ce.cross_entropy_impl(logits, target, impl=impl, **kw)
+        def run(kind=kind, kw=kw):
+            out = ce.cross_entropy_with_plan(logits, target, plan=kind, **kw)
             return torch.autograd.grad(out, logits)
 
         timed(f"{label}", run)
         print(
-            f"    plan: {plan.impl} S={plan.chunks} block={plan.block} warps={plan.num_warps}",
+            f"    plan: {plan.kind} S={plan.chunks} block={plan.block} warps={plan.num_warps}",
             flush=True,
         )
 

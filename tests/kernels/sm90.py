@@ -32,8 +32,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+import losskit.kernels.triton.common as common
 import losskit.kernels.triton.cross_entropy as ce
 import losskit.kernels.triton.linear_cross_entropy as lce
+import losskit.kernels.triton.plans as plans
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -95,9 +97,9 @@ def _flags(kernel, features: dict) -> dict:
     return {k: v for k, v in features.items() if k in kernel.arg_names}
 
 
-def _ce_chunk(name: str, V: int, impl: str, mode: int, features: dict, dtype) -> Variant:
+def _ce_chunk(name: str, V: int, kind: str, mode: int, features: dict, dtype) -> Variant:
     """The chunk kernel as ``make_plan`` launches it for rows of ``V`` classes."""
-    plan = ce.make_plan(V, torch.device("cpu"), "split" if impl == "coop" else impl)
+    plan = plans.make_plan(V, torch.device("cpu"), "split" if kind == "coop" else kind)
     consts = dict(
         S=plan.chunks, SP2=triton.next_power_of_2(plan.chunks), BLOCK=plan.block, MODE=mode,
         **_flags(ce._ce_chunk_kernel, features),
@@ -106,7 +108,7 @@ def _ce_chunk(name: str, V: int, impl: str, mode: int, features: dict, dtype) ->
 
 
 def variants() -> list[Variant]:
-    """The variants checked: the plans ``impl='auto'`` picks on a GPU for the benchmark shapes
+    """The variants checked: the plans ``plan='auto'`` picks on a GPU for the benchmark shapes
     (single up to ``SINGLE_MAX``, coop beyond), the split and rowloop fallbacks, and the
     linear-CE tile kernels, each plain and with every feature on."""
     out = []
@@ -126,7 +128,7 @@ def variants() -> list[Variant]:
             _ce_chunk(f"ce.nograd.V128256.{fname}.bf16", 128256, "coop", 0,
                       {**feats, "STORE_GRAD": False}, bf16),
         ]  # fmt: skip
-        rl = ce.make_plan(128256, torch.device("cpu"), "rowloop")
+        rl = plans.make_plan(128256, torch.device("cpu"), "rowloop")
         rowloop = ce._ce_rowloop_kernel
         out.append(
             Variant(
@@ -138,12 +140,12 @@ def variants() -> list[Variant]:
         for kernel, kname in ((lce._tile_stats_kernel, "stats"), (lce._tile_grad_kernel, "grad")):
             consts = dict(BLOCK=tile, **_flags(kernel, feats))
             out.append(
-                Variant(f"lce.tile_{kname}.{fname}.bf16", kernel, consts, bf16, ce._warps(tile))
+                Variant(f"lce.tile_{kname}.{fname}.bf16", kernel, consts, bf16, common.warps(tile))
             )
     for rowwise in (False, True):
         name = f"ce.scale_grad.{'rowwise' if rowwise else 'scalar'}.bf16"
-        consts = dict(ROWWISE=rowwise, BLOCK=ce.SCALE_BLOCK)
-        out.append(Variant(name, ce._scale_grad_kernel, consts, torch.bfloat16, 4))
+        consts = dict(ROWWISE=rowwise, BLOCK=common.SCALE_BLOCK)
+        out.append(Variant(name, common.scale_grad_kernel, consts, torch.bfloat16, 4))
     return out
 
 

@@ -33,15 +33,25 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..._validate import CrossEntropyOptions
 from ..cpu import linear_cross_entropy as chunked
 from ..cpu.linear_cross_entropy import Chunk, ChunkPlan, LossOptions, TorchEpilogue
 from ..recompute import Recompute
 from . import cross_entropy as ce
-from .cross_entropy import _grad_block, _load_logits, _online_block
+from .common import (
+    INTERPRETED,
+    check_device,
+    device_guard,
+    grad_block,
+    load_logits,
+    online_block,
+    scale_grad,
+    softcap_args,
+    warps,
+)
+from .plans import DEFAULT_PLAN, Plan, make_plan
 
 __all__ = ["TritonEpilogue", "linear_cross_entropy", "INTERPRETED"]
-
-INTERPRETED = ce.INTERPRETED
 
 #: Columns per program step of the tile kernels.
 TILE_BLOCK = 4096
@@ -73,9 +83,9 @@ def _tile_stats_kernel(
     for start in range(0, width, BLOCK):
         cols = start + lane
         ok = cols < width
-        z, th = _load_logits(z_row + cols, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
+        z, th = load_logits(z_row + cols, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
         zy += tl.sum(tl.where(cols == y_lane, z, 0.0), 0)
-        m, se, swz = _online_block(m, se, swz, z, ok, W + c0 + cols, HAS_WEIGHT, HAS_SMOOTH)
+        m, se, swz = online_block(m, se, swz, z, ok, W + c0 + cols, HAS_WEIGHT, HAS_SMOOTH)
     # Step 2. Merge with the row's running statistics (earlier tiles).
     m_old = tl.load(ST + row)
     se_old = tl.load(ST + stride_st + row)
@@ -103,7 +113,7 @@ def _tile_grad_kernel(
     ok = cols < width
     y_lane = (tl.load(Y + row) - c0).to(tl.int32)
     ptrs = Z + row * stride_z + cols
-    z, th = _load_logits(ptrs, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
+    z, th = load_logits(ptrs, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
     if HAS_WEIGHT and HAS_SMOOTH:
         w = tl.load(W + c0 + cols, mask=ok, other=0.0)
     else:
@@ -111,9 +121,9 @@ def _tile_grad_kernel(
     ra = tl.load(RA + row)
     rb = tl.load(RB + row)
     re = tl.load(RE + row)
-    # _grad_block computes scale * (exp(z - lse) a - b [c == y] - e w) (1 - tanh^2); with the
+    # grad_block computes scale * (exp(z - lse) a - b [c == y] - e w) (1 - tanh^2); with the
     # factor r already in ra, rb, re, pass a = ra, b = rb, e = re and scale 1.
-    g = _grad_block(
+    g = grad_block(
         z, th, cols, y_lane, tl.load(LSE + row), ra, rb, w, re, 1.0, HAS_SMOOTH, HAS_SOFTCAP
     )
     tl.store(ptrs, g.to(Z.dtype.element_ty), mask=ok)
@@ -128,20 +138,19 @@ class TritonEpilogue(TorchEpilogue):
     """The epilogues of the chunk loop as Triton launches (the row bookkeeping stays in torch)."""
 
     def __init__(
-        self, weight: Tensor | None, v: int, opts: LossOptions, ce_plan: ce.Plan | None = None
+        self, weight: Tensor | None, v: int, opts: LossOptions, ce_plan: Plan | None = None
     ) -> None:
         """``ce_plan``: the cross-entropy kernel's launch plan for whole rows (default: its own
         choice for ``V``, see ``cross_entropy.make_plan``)."""
         super().__init__(weight, v, opts)
-        self.ignore_index = opts.ignore_index
+        self.opts = CrossEntropyOptions(
+            reduction=opts.reduction, ignore_index=opts.ignore_index,
+            label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, softcap=opts.softcap,
+        )  # fmt: skip
         self.wsum_t = None
         if self.w is not None:
             self.wsum_t = self.w.sum().reshape(1)
         self._plan = ce_plan
-
-    def _scalars(self) -> tuple[float, float]:
-        cap = self.cap
-        return float(cap or 1.0), 1.0 / float(cap or 1.0)
 
     def _flags(self) -> dict:
         return dict(
@@ -156,26 +165,11 @@ class TritonEpilogue(TorchEpilogue):
         if c == 0:
             return
         if self._plan is None:
-            self._plan = ce.make_plan(v, z.device, ce.DEFAULT_IMPL)
-        dummy = loss_out
-        target = ck.target.contiguous()
-        m8 = None if ck.mask is None else ck.mask.contiguous().view(torch.uint8)
-        wsum = self.wsum_t if (self.w is not None and self.eps > 0.0) else dummy
-        common = (
-            z, z.stride(0), z, z.stride(0), target,
-            dummy if self.w is None else self.w, dummy if m8 is None else m8,
-            loss_out, dummy, dummy if ck.scale is None else ck.scale, wsum,
+            self._plan = make_plan(v, z.device, DEFAULT_PLAN)
+        ce.launch(
+            self._plan, self.opts, z, z if want_grad else None, ck.target, weight=self.w,
+            mask=ck.mask, loss=loss_out, scale=ck.scale, weight_sum=self.wsum_t,
         )  # fmt: skip
-        scalars = (1.0 - self.eps, self.eps / v, self.zc, *self._scalars())
-        flags = dict(
-            HAS_MASK=m8 is not None,
-            HAS_Z=self.zc > 0.0,
-            HAS_SCALE=ck.scale is not None,
-            STORE_GRAD=want_grad,
-            STORE_Z=False,
-            **self._flags(),
-        )
-        ce._launch(self._plan, common, v, self.ignore_index, scalars, flags)
         if want_grad and ck.row_scale is not None:
             z.mul_(ck.row_scale.unsqueeze(1))  # computed in float32, rounded once
 
@@ -184,11 +178,11 @@ class TritonEpilogue(TorchEpilogue):
         if c == 0:
             return
         block = min(TILE_BLOCK, triton.next_power_of_2(width))
-        with ce._device_guard(z.device):
+        with device_guard(z.device):
             _tile_stats_kernel[(c,)](
                 z, z.stride(0), ck.y, st if self.w is None else self.w, st, st.stride(0),
-                width, c0, *self._scalars(), BLOCK=block, **self._flags(),
-                num_warps=ce._warps(block),
+                width, c0, *softcap_args(self.cap), BLOCK=block, **self._flags(),
+                num_warps=warps(block),
             )  # fmt: skip
 
     def tile_grad(self, z: Tensor, c0: int, ck: Chunk, lse: Tensor) -> None:
@@ -198,16 +192,16 @@ class TritonEpilogue(TorchEpilogue):
         ra, rb = self.grad_coefficients(torch.where(ck.counted, lse, 0.0), ck)
         re = ck.r * (self.eps / self.v)
         block = min(TILE_BLOCK, triton.next_power_of_2(width))
-        with ce._device_guard(z.device):
+        with device_guard(z.device):
             _tile_grad_kernel[(c, triton.cdiv(width, block))](
                 z, z.stride(0), ck.y, lse if self.w is None else self.w, lse.contiguous(),
-                ra.contiguous(), rb.contiguous(), re.contiguous(), width, c0, *self._scalars(),
-                BLOCK=block, **self._flags(), num_warps=ce._warps(block),
+                ra.contiguous(), rb.contiguous(), re.contiguous(), width, c0,
+                *softcap_args(self.cap), BLOCK=block, **self._flags(), num_warps=warps(block),
             )  # fmt: skip
 
     def scale_(self, t: Tensor, grad_output: Tensor) -> None:
         """``t *= grad_output`` on the device, skipped there when it is 1 (no host sync)."""
-        ce._scale_grad(t, grad_output.reshape(1).to(_F32), False)
+        scale_grad(t, grad_output.reshape(1).to(_F32), False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,11 +247,7 @@ def linear_cross_entropy(
         ...     normalizer=None, mask=None, plan=plan)
         >>> loss.backward()
     """
-    if x.device.type != "cuda" and not INTERPRETED:
-        raise RuntimeError(
-            "losskit.kernels.triton runs on CUDA tensors, or on the CPU only in Triton's "
-            f"interpreter (TRITON_INTERPRET=1 before import); got input on {x.device}"
-        )
+    check_device(x.device, "input")
     opts = LossOptions(
         int(ignore_index), float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap), reduction,
