@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 import losskit
 import losskit.functional as LF
-from losskit.kernels.cpu.linear_cross_entropy import ChunkPlan, plan_chunks
+from losskit.kernels.chunked import ChunkPlan, plan_chunks
 
 reference = functools.partial(LF.linear_cross_entropy, impl="reference")
 fused = functools.partial(LF.linear_cross_entropy, impl="fused")

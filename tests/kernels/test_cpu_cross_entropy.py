@@ -2,8 +2,8 @@
 
 Where torch has the feature (weight, ignore_index, label_smoothing, reductions) the launcher is
 compared with ``torch.nn.functional.cross_entropy``; for the losskit-only arguments (z_loss,
-softcap, mask, normalizer, return_z_loss) with :func:`reference`, the contract's formula written
-here in plain torch and run in float64. Results keep the error budget of
+softcap, mask, normalizer, return_z_loss) with :func:`reference`, losskit's reference
+cross-entropy (``impl='reference'``) run in float64. Results keep the error budget of
 ``conftest.check_against_torch(..., budget=True)``: no further from the float64 truth than the
 same computation by torch in the same dtype, plus rounding steps of that dtype (float32: at the
 tensor's scale, since torch's own float32 rounding changes with the SIMD width it picks). Blocks
@@ -30,6 +30,7 @@ from conftest import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import losskit.functional as LF
 import losskit.kernels.cpu.cross_entropy as ce
 
 
@@ -51,37 +52,16 @@ def fused_loss(logits, target, **kw):
 
 
 def reference(logits, target, *, terms=False, **kw):
-    """The contract's formula in plain torch; ``terms=True`` returns (loss, z term)."""
+    """losskit's reference cross-entropy on the same arguments; ``terms=True`` returns (loss, z
+    term). Called on float64 logits it is the truth (its class weights and normalizer follow the
+    logits' dtype)."""
     a = {**KERNEL_DEFAULTS, **kw}
-    z = logits
-    v = z.shape[1]
-    if a["softcap"] is not None:
-        z = a["softcap"] * torch.tanh(z / a["softcap"])
-    lse = torch.logsumexp(z, 1)
-    w = torch.ones(v, dtype=z.dtype) if a["weight"] is None else a["weight"].to(z.dtype)
-    counted = target != a["ignore_index"]
-    if a["mask"] is not None:
-        counted = counted & a["mask"]
-    y = torch.where(counted, target, 0)
-    eps = a["label_smoothing"]
-    rows = (1 - eps) * w[y] * (lse - z.gather(1, y[:, None])[:, 0])
-    rows = rows + eps / v * ((lse[:, None] - z) * w).sum(1)
-    zrows = a["z_loss"] * lse**2
-    rows = rows + zrows
-
-    def reduce(values):
-        values = torch.where(counted, values, torch.zeros((), dtype=values.dtype))
-        if a["reduction"] == "none":
-            return values
-        total = values.sum()
-        if a["reduction"] == "sum":
-            return total
-        if a["normalizer"] is not None:
-            d = a["normalizer"].to(total.dtype)
-            return total * torch.where(d == 0, 0.0, 1.0 / d)  # 0 / 0 gives 0
-        return total / torch.where(counted, w[y], 0).sum()
-
-    return (reduce(rows), reduce(zrows)) if terms else reduce(rows)
+    del a["inplace_backward"]
+    for key in ("weight", "normalizer"):
+        if isinstance(a[key], torch.Tensor):
+            a[key] = a[key].to(logits.dtype)
+    a["return_z_loss"] = terms
+    return LF.cross_entropy(logits, target, impl="reference", **a)
 
 
 def make(n, v, dtype=torch.float32, *, ignore_every=5, scale=3.0):

@@ -30,17 +30,20 @@ if not ce.INTERPRETED and not torch.cuda.is_available():
     pytest.skip("needs Triton's interpreter or a CUDA device", allow_module_level=True)
 
 import losskit.functional as LF  # noqa: E402
-from losskit.kernels.cpu import linear_cross_entropy as cpu_lce  # noqa: E402
+from losskit._reduction import count_rows  # noqa: E402
+from losskit._validate import CrossEntropyOptions  # noqa: E402
+from losskit.kernels import chunked  # noqa: E402
+from losskit.kernels.cpu.linear_cross_entropy import CpuEpilogue  # noqa: E402
 
 DEVICE = "cpu" if ce.INTERPRETED else "cuda"
 N, D, V = 13, 9, 203
 
 #: (chunk plan, the cross-entropy kernel's plan for whole rows)
 PLANS = {
-    "rows/single": (cpu_lce.ChunkPlan(5, V, "float32"), None),
-    "rows/split": (cpu_lce.ChunkPlan(5, V, "float32"), ("split", {"chunk_max": 64})),
-    "rows/rowloop": (cpu_lce.ChunkPlan(8, V, "input"), ("rowloop", {"rowloop_block": 64})),
-    "tiled": (cpu_lce.ChunkPlan(8, 128, "float32"), None),
+    "rows/single": (chunked.ChunkPlan(5, V, "float32"), None),
+    "rows/split": (chunked.ChunkPlan(5, V, "float32"), ("split", {"chunk_max": 64})),
+    "rows/rowloop": (chunked.ChunkPlan(8, V, "input"), ("rowloop", {"rowloop_block": 64})),
+    "tiled": (chunked.ChunkPlan(8, 128, "float32"), None),
 }
 FEATURES = {
     "plain": {},
@@ -83,15 +86,15 @@ def grads(fn, x, w, y, b, kw, upstream):
 
 def launcher(plan, ce_plan, epilogue: str):
     def fn(x, w, y, b, *, weight, reduction, **kw):
-        opts = cpu_lce.LossOptions(
-            kw["ignore_index"], kw["label_smoothing"], kw["z_loss"], kw["softcap"], reduction
+        opts = CrossEntropyOptions(
+            reduction, kw["ignore_index"], kw["label_smoothing"], kw["z_loss"], kw["softcap"]
         )
         if epilogue == "triton":
             p = None if ce_plan is None else ce.make_plan(V, x.device, ce_plan[0], **ce_plan[1])
             epi = tl_lce.TritonEpilogue(weight, V, opts, ce_plan=p)
         else:
-            epi = cpu_lce.TorchEpilogue(weight, V, opts)
-        return cpu_lce.linear_cross_entropy(
+            epi = CpuEpilogue(weight, V, opts)
+        return chunked.linear_cross_entropy(
             x, w, y, bias=b, weight=weight, reduction=reduction, plan=plan, epilogue=epi, **kw
         )
 
@@ -157,11 +160,11 @@ def test_tile_kernels_merge_statistics_like_logsumexp():
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(6, 300, generator=gen) * 4
     y = torch.randint(0, 300, (6,), generator=gen)
-    opts = cpu_lce.LossOptions(-100, 0.1, 0.0, None, "sum")
+    opts = CrossEntropyOptions("sum", -100, 0.1, 0.0, None)
     epi = tl_lce.TritonEpilogue(None, 300, opts)
     st = epi.new_stats(6, z.device)
-    info = cpu_lce.row_info(y, None, None, None, opts)
-    ck = cpu_lce._chunk(info, 0, 6, None)
+    rows = count_rows(y, ignore_index=-100, reduction="sum")
+    ck = chunked.Chunk.of(y, None, rows, 0, 6, None)
     for c0 in (0, 128, 256):
         epi.tile_stats(z[:, c0 : c0 + 128].contiguous(), c0, ck, st)
     torch.testing.assert_close(st[0] + st[1].log(), torch.logsumexp(z, 1), rtol=1e-6, atol=1e-5)

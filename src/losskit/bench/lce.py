@@ -204,7 +204,7 @@ def make_case(key: str, params: dict) -> C.Case:
 
 
 def _plans_line(n: int, d: int, v: int, dtype: torch.dtype, device: torch.device) -> str:
-    from ..kernels.cpu.linear_cross_entropy import BUDGETS, plan_chunks
+    from ..kernels.chunked import BUDGETS, plan_chunks
 
     parts = []
     for setting in ("default", "lean"):

@@ -1,0 +1,367 @@
+"""The chunk loop, its ``autograd.Function`` and the backend-neutral launcher (see the package
+docstring for the algorithm)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..._reduction import Rows, count_rows
+from ..._validate import CrossEntropyOptions
+from ..cpu.memory import empty_rows, own_mapping
+from ..recompute import Recompute
+from .epilogue import Chunk, Epilogue
+from .plan import LOGITS_PANEL, ChunkPlan
+
+__all__ = ["LinearCrossEntropyFunction", "linear_cross_entropy", "run_chunks"]
+
+_F32 = torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# GEMMs
+# --------------------------------------------------------------------------------------------
+
+_MIXED_MM = {"ok": True}
+
+
+def _mm_acc(out: Tensor, a: Tensor, b: Tensor, first: bool, *, exact: bool = True) -> None:
+    """``out = a @ b`` (``first``) or ``out += a @ b``; ``out`` may be float32 with half ``a, b``.
+
+    Mixed precision uses the GEMM's float32 output (``out_dtype``, CUDA) where torch has it.
+    Elsewhere: float32 copies of the operands (``exact``: the ``dW`` accumulator, whose
+    temporaries the planner counts), or the product in the operands' dtype added to ``out`` (one
+    extra rounding of each partial product: the tiled ``dX``, whose operands are large and
+    product small).
+    """
+    if out.dtype == a.dtype:
+        if first:
+            torch.mm(a, b, out=out)
+        else:
+            out.addmm_(a, b)
+        return
+    if out.is_cuda and _MIXED_MM["ok"]:
+        try:
+            if first:
+                torch.mm(a, b, out_dtype=out.dtype, out=out)
+            else:
+                torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
+            return
+        except (RuntimeError, TypeError):  # this torch has no mixed-precision GEMM
+            _MIXED_MM["ok"] = False
+    if exact:
+        a32, b32 = a.to(out.dtype), b.to(out.dtype)
+        if first:
+            torch.mm(a32, b32, out=out)
+        else:
+            out.addmm_(a32, b32)
+    elif first:
+        out.copy_(torch.mm(a, b))
+    else:
+        out.add_(torch.mm(a, b))
+
+
+def _empty(n: int, d: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A gradient buffer; huge-page backed on the CPU when large (one page fault per 2 MiB)."""
+    if device.type == "cpu":
+        return empty_rows(n, d, dtype)
+    return torch.empty((n, d), dtype=dtype, device=device)
+
+
+def _chunk_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The chunk's ``(M, V)`` buffer; on the CPU a mapping of its own, unmapped when freed."""
+    if device.type == "cpu":
+        return own_mapping(numel, dtype)
+    return torch.empty(numel, dtype=dtype, device=device)
+
+
+def _logits(z: Tensor, x: Tensor, w: Tensor, bias: Tensor | None) -> None:
+    """``z = x @ w.T (+ bias)``; on the CPU in panels of :data:`LOGITS_PANEL` columns.
+
+    Each panel is written in place into its column slice of ``z`` (a BLAS leading dimension of
+    ``z.shape[1]``: no copy), so the panels change the GEMM's scratch, not the result.
+    """
+    v = z.shape[1]
+    step = LOGITS_PANEL if z.device.type == "cpu" else v
+    for c0 in range(0, v, step):
+        c1 = min(c0 + step, v)
+        zp = z if c1 - c0 == v else z[:, c0:c1]
+        wp = w if c1 - c0 == v else w[c0:c1]
+        if bias is None:
+            torch.mm(x, wp.t(), out=zp)
+        else:
+            torch.addmm(bias[c0:c1], x, wp.t(), out=zp)
+
+
+# --------------------------------------------------------------------------------------------
+# The chunk loop
+# --------------------------------------------------------------------------------------------
+
+
+def run_chunks(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    mask: Tensor | None,
+    rows: Rows,
+    plan: ChunkPlan,
+    epi: Epilogue,
+    want: tuple[bool, bool, bool],
+    row_scale: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """Row losses (float32, unscaled) and ``(dX, dW, db)`` for ``r`` (see the module docstring).
+
+    ``rows`` is :func:`~losskit._reduction.count_rows` of ``target`` and ``mask``; ``want`` says
+    which of ``dX, dW, db`` to compute; ``row_scale`` multiplies each row's gradient (the
+    ``'none'`` backward).
+    """
+    n, d = x.shape
+    v = w.shape[0]
+    dev, dtype = x.device, x.dtype
+    want_x, want_w, want_b = want
+    any_grad = want_x or want_w or want_b
+    loss_rows = torch.empty(n, dtype=_F32, device=dev)
+    acc_dtype = _F32 if plan.accumulate == "float32" else dtype
+    dx = _empty(n, d, dtype, dev) if want_x else None
+    dw = None
+    if want_w:
+        if n == 0:
+            dw = torch.zeros((v, d), dtype=acc_dtype, device=dev)
+        else:
+            dw = _empty(v, d, acc_dtype, dev)
+    db = torch.zeros(v, dtype=_F32, device=dev) if want_b else None
+    m_rows, tile = plan.rows, min(plan.tile, v)
+    buf = _chunk_buffer(min(m_rows, n) * tile, dtype, dev)
+
+    for i in range(0, n, m_rows):
+        j = min(i + m_rows, n)
+        c = j - i
+        xc = x[i:j]
+        ck = Chunk.of(target, mask, rows, i, j, row_scale)
+        if tile >= v:
+            # Whole rows: logits, epilogue in place, then the gradient GEMMs.
+            z = buf[: c * v].view(c, v)
+            _logits(z, xc, w, bias)
+            epi.rows(z, ck, loss_rows[i:j], any_grad)
+            if want_x:
+                torch.mm(z, w, out=dx[i:j])
+            if want_w:
+                _mm_acc(dw, z.t(), xc, i == 0)
+            if want_b:
+                db.add_(z.sum(0, dtype=_F32))
+            continue
+        # Vocabulary tiles: sweep 1 for the row statistics, sweep 2 for the gradient.
+        st = epi.new_stats(c, dev)
+        for c0 in range(0, v, tile):
+            c1 = min(c0 + tile, v)
+            z = buf[: c * (c1 - c0)].view(c, c1 - c0)
+            _logits(z, xc, w[c0:c1], None if bias is None else bias[c0:c1])
+            epi.tile_stats(z, c0, ck, st)
+        loss, lse = epi.finish_stats(st, ck)
+        loss_rows[i:j] = loss
+        if not any_grad:
+            continue
+        dx_acc = None
+        if want_x:
+            dx_acc = dx[i:j] if dtype == _F32 else torch.empty((c, d), dtype=_F32, device=dev)
+        for c0 in range(0, v, tile):
+            c1 = min(c0 + tile, v)
+            z = buf[: c * (c1 - c0)].view(c, c1 - c0)
+            _logits(z, xc, w[c0:c1], None if bias is None else bias[c0:c1])
+            epi.tile_grad(z, c0, ck, lse)
+            if want_x:
+                _mm_acc(dx_acc, z, w[c0:c1], c0 == 0, exact=False)
+            if want_w:
+                _mm_acc(dw[c0:c1], z.t(), xc, i == 0)
+            if want_b:
+                db[c0:c1].add_(z.sum(0, dtype=_F32))
+        if want_x and dx_acc is not dx[i:j]:
+            dx[i:j].copy_(dx_acc)
+
+    buf = z = None  # free the chunk buffer before the float32 dW accumulator is converted
+    if dw is not None and dw.dtype != w.dtype:
+        dw = dw.to(w.dtype)
+    if db is not None:
+        db = db.to(bias.dtype)
+    return loss_rows, dx, dw, db
+
+
+# --------------------------------------------------------------------------------------------
+# autograd
+# --------------------------------------------------------------------------------------------
+
+
+class LinearCrossEntropyFunction(torch.autograd.Function):
+    """Autograd node of the chunked linear + cross-entropy (any backend's epilogue).
+
+    ``'mean'``/``'sum'``: the forward computes every gradient; the backward scales them by
+    ``grad_output`` and hands them over once (a second backward raises). ``'none'``: the forward
+    computes the losses; the backward recomputes the chunks with the per-row ``grad_output``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        x: Tensor,
+        w: Tensor,
+        bias: Tensor | None,
+        target: Tensor,
+        weight: Tensor | None,
+        mask: Tensor | None,
+        normalizer: Tensor | None,
+        opts: CrossEntropyOptions,
+        plan: ChunkPlan,
+        epi: Epilogue,
+        retain_graph: bool,
+        recompute: Recompute | None,
+    ) -> Tensor:
+        want = tuple(bool(f) for f in ctx.needs_input_grad[:3])
+        ctx.recompute = recompute or Recompute("linear_cross_entropy")  # no rule: raises
+        if bias is None:
+            want = (want[0], want[1], False)
+        rows = _count_rows(target, weight, mask, normalizer, opts)
+        ctx.plan, ctx.epi, ctx.retain = plan, epi, retain_graph
+        ctx.deferred = opts.reduction == "none"
+        if ctx.deferred:
+            loss_rows, *_ = run_chunks(
+                x, w, bias, target, mask, rows, plan, epi, (False, False, False)
+            )
+            ctx.rows, ctx.target, ctx.mask = rows, target, mask
+            ctx.save_for_backward(x, w, bias)
+            ctx.want = want
+            return rows.reduce(loss_rows, x.dtype)
+        loss_rows, dx, dw, db = run_chunks(x, w, bias, target, mask, rows, plan, epi, want)
+        ctx.grads = [dx, dw, db]
+        return rows.reduce(loss_rows, x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
+        tail = (None,) * 9
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients
+            if not ctx.retain:
+                ctx.grads = None
+            return ctx.recompute.gradients(grad_loss, ctx.needs_input_grad)
+        if ctx.deferred:
+            x, w, bias = ctx.saved_tensors
+            _, dx, dw, db = run_chunks(
+                x, w, bias, ctx.target, ctx.mask, ctx.rows, ctx.plan, ctx.epi, ctx.want,
+                row_scale=grad_loss.to(_F32).reshape(-1),
+            )  # fmt: skip
+            return (dx, dw, db, *tail)
+        grads = ctx.grads
+        if grads is None:
+            raise RuntimeError(
+                "losskit's fused linear_cross_entropy computes its gradients once, in the "
+                "forward, and hands them to the first backward; a second backward through the "
+                "same graph (retain_graph=True) needs options=torch.nn.LinearCrossEntropyOptions("
+                "allow_retain_graph=True) (one more copy of the gradients); or recompute the "
+                "loss, or use impl='reference'"
+            )
+        if ctx.retain:  # allow_retain_graph: scale copies, keep the originals for the next one
+            grads = [None if t is None else t.clone() for t in grads]
+        else:
+            ctx.grads = None
+            ctx.recompute.release()
+        for t in grads:
+            if t is not None and t.numel():
+                _epi_scale(ctx.epi, t, grad_loss)
+        return (*grads, *tail)
+
+
+def _epi_scale(epi: Epilogue, t: Tensor, grad_output: Tensor) -> None:
+    epi.scale_(t if t.dim() == 2 else t.unsqueeze(0), grad_output)
+
+
+# --------------------------------------------------------------------------------------------
+# launcher
+# --------------------------------------------------------------------------------------------
+
+
+def _count_rows(
+    target: Tensor,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    normalizer: Tensor | None,
+    opts: CrossEntropyOptions,
+) -> Rows:
+    return count_rows(
+        target, ignore_index=opts.kernel_ignore_index, reduction=opts.reduction, weight=weight,
+        mask=mask, normalizer=normalizer,
+    )  # fmt: skip
+
+
+def linear_cross_entropy(
+    x: Tensor,
+    w: Tensor,
+    target: Tensor,
+    *,
+    bias: Tensor | None,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    reduction: str,
+    normalizer: Tensor | None,
+    mask: Tensor | None,
+    plan: ChunkPlan,
+    epilogue: Epilogue,
+    retain_graph: bool = False,
+    recompute: Recompute | None = None,
+) -> Tensor:
+    r"""Chunked ``cross_entropy(x @ w.T + bias, target)`` of validated 2-D inputs, with a
+    backend's epilogue (the backends' launchers call this).
+
+    .. math::
+        \ell_i = (1-\epsilon) w_{y_i} (\mathrm{lse}_i - z'_{i,y_i})
+                 + \frac{\epsilon}{V} \sum_c w_c (\mathrm{lse}_i - z'_{i,c}) + c\,\mathrm{lse}_i^2,
+        \qquad z_i = x_i W^\top + b
+
+    Args:
+        x: ``(N, D)`` float32 / bfloat16 / float16, contiguous.
+        w: ``(V, D)`` head weight, ``x``'s dtype and device, contiguous.
+        target: ``(N,)`` int64 in ``[0, V)`` or equal to ``ignore_index``.
+        bias: ``(V,)`` or None. weight: ``(V,)`` class weights or None.
+        ignore_index, label_smoothing, z_loss, softcap, reduction: as ``cross_entropy``.
+        normalizer: 0-dim float32 denominator for ``'mean'`` (0 gives 0), or None.
+        mask: ``(N,)`` bool (True = counts), or None.
+        plan: from :func:`~losskit.kernels.chunked.plan_chunks`.
+        epilogue: the backend's :class:`~losskit.kernels.chunked.Epilogue`, built with the
+            same options.
+        retain_graph: keep the gradients for a second backward through the same graph (one more
+            copy of them; torch's ``allow_retain_graph``). Default: the first backward takes them.
+        recompute: how a ``create_graph=True`` backward recomputes differentiable gradients
+            (:class:`~losskit.kernels.recompute.Recompute`); None: such a backward raises.
+
+    Shape:
+        Output ``(N,)`` for ``'none'``, else ``()``; dtype of ``x``.
+
+    Example:
+        >>> from losskit.kernels.chunked import plan_chunks
+        >>> from losskit.kernels.cpu.linear_cross_entropy import CpuEpilogue
+        >>> x, w = torch.randn(6, 8, requires_grad=True), torch.randn(10, 8)
+        >>> y = torch.tensor([1, 2, 3, 4, 5, 6])
+        >>> plan = plan_chunks(6, 8, 10, x.dtype, "cpu", budget=1 << 20, chunk_size=4)
+        >>> epi = CpuEpilogue(None, 10, CrossEntropyOptions())
+        >>> loss = linear_cross_entropy(x, w, y, bias=None, weight=None, ignore_index=-100,
+        ...     label_smoothing=0.0, z_loss=0.0, softcap=None, reduction="mean",
+        ...     normalizer=None, mask=None, plan=plan, epilogue=epi)
+        >>> ref = torch.nn.functional.cross_entropy(x @ w.T, y)
+        >>> bool(torch.allclose(loss, ref))
+        True
+    """
+    opts = CrossEntropyOptions(
+        reduction, int(ignore_index), float(label_smoothing), float(z_loss),
+        None if softcap is None else float(softcap),
+    )  # fmt: skip
+    wf = None if weight is None else weight.to(_F32)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias)):
+        return LinearCrossEntropyFunction.apply(
+            x, w, bias, target, wf, mask, normalizer, opts, plan, epilogue, retain_graph, recompute
+        )
+    rows = _count_rows(target, wf, mask, normalizer, opts)
+    loss_rows, *_ = run_chunks(
+        x, w, bias, target, mask, rows, plan, epilogue, (False, False, False)
+    )
+    return rows.reduce(loss_rows, x.dtype)
