@@ -3,6 +3,8 @@ docstring for the algorithm)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -306,7 +308,7 @@ def linear_cross_entropy(
     normalizer: Tensor | None,
     mask: Tensor | None,
     plan: ChunkPlan,
-    epilogue: Epilogue,
+    epilogue: Epilogue | Callable[[Tensor | None, int, CrossEntropyOptions], Epilogue],
     retain_graph: bool = False,
     recompute: Recompute | None = None,
 ) -> Tensor:
@@ -328,7 +330,7 @@ def linear_cross_entropy(
         mask: ``(N,)`` bool (True = counts), or None.
         plan: from :func:`~losskit.kernels.chunked.plan_chunks`.
         epilogue: the backend's :class:`~losskit.kernels.chunked.Epilogue`, built with the
-            same options.
+            same options; or what builds it from ``(weight, V, options)`` (its class).
         retain_graph: keep the gradients for a second backward through the same graph (one more
             copy of them; torch's ``allow_retain_graph``). Default: the first backward takes them.
         recompute: how a ``create_graph=True`` backward recomputes differentiable gradients
@@ -343,10 +345,9 @@ def linear_cross_entropy(
         >>> x, w = torch.randn(6, 8, requires_grad=True), torch.randn(10, 8)
         >>> y = torch.tensor([1, 2, 3, 4, 5, 6])
         >>> plan = plan_chunks(6, 8, 10, x.dtype, "cpu", budget=1 << 20, chunk_size=4)
-        >>> epi = CpuEpilogue(None, 10, CrossEntropyOptions())
         >>> loss = linear_cross_entropy(x, w, y, bias=None, weight=None, ignore_index=-100,
         ...     label_smoothing=0.0, z_loss=0.0, softcap=None, reduction="mean",
-        ...     normalizer=None, mask=None, plan=plan, epilogue=epi)
+        ...     normalizer=None, mask=None, plan=plan, epilogue=CpuEpilogue)
         >>> ref = torch.nn.functional.cross_entropy(x @ w.T, y)
         >>> bool(torch.allclose(loss, ref))
         True
@@ -355,6 +356,8 @@ def linear_cross_entropy(
         reduction, int(ignore_index), float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap),
     )  # fmt: skip
+    if not isinstance(epilogue, Epilogue):
+        epilogue = epilogue(weight, w.shape[0], opts)
     wf = None if weight is None else weight.to(_F32)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias)):
         return LinearCrossEntropyFunction.apply(

@@ -40,11 +40,13 @@ Equivalent to (for ``mask=None``, ``z_loss=0``, ``softcap=None``, no normalizer)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..._reduction import count_rows
+from ..._validate import CrossEntropyOptions
 from ..recompute import Recompute
 from ..rows import Smoothing, gradient_, gradient_coefficients, row_loss
 from .memory import empty_rows
@@ -173,20 +175,21 @@ class _Blocks:
                 grad[i:j].copy_(out)
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One call's arguments besides the logits (validated upstream; see :func:`cross_entropy`)."""
+
+    target: Tensor
+    weight: Tensor | None
+    normalizer: Tensor | None
+    mask: Tensor | None
+    opts: CrossEntropyOptions
+    inplace: bool  #: inplace_backward
+    want_z: bool  #: return_z_loss
+
+
 def _forward(
-    logits: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    ignore_index: int,
-    eps: float,
-    z_loss: float,
-    softcap: float | None,
-    reduction: str,
-    normalizer: Tensor | None,
-    mask: Tensor | None,
-    inplace: bool,
-    want_z: bool,
-    want_grad: bool = True,
+    logits: Tensor, call: _Call, *, want_grad: bool = True
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The reduced loss, the reduced z term (or None) and the gradient for grad_output = 1.
 
@@ -194,11 +197,13 @@ def _forward(
     """
     n, v = logits.shape
     f32 = torch.float32
+    opts, weight = call.opts, call.weight
+    eps, z_loss, softcap = opts.label_smoothing, opts.z_loss, opts.softcap
 
     # Per-row bookkeeping (losskit._reduction: which rows count, r, the 'mean' rule).
     rows = count_rows(
-        target, ignore_index=ignore_index, reduction=reduction, weight=weight, mask=mask,
-        normalizer=normalizer,
+        call.target, ignore_index=opts.ignore_index, reduction=opts.reduction, weight=weight,
+        mask=call.mask, normalizer=call.normalizer,
     )  # fmt: skip
     w = None if weight is None else weight.to(f32)
     k = Smoothing.of(eps, v, w, z_loss)
@@ -208,7 +213,7 @@ def _forward(
 
     if not want_grad:
         grad = None
-    elif inplace:
+    elif call.inplace:
         grad = logits
     else:
         grad = empty_rows(n, v, logits.dtype)
@@ -225,9 +230,10 @@ def _forward(
         z_y = torch.tanh(z_y.to(f32) / softcap).to(f64) * softcap  # as the reference rounds it
     swz = None if blocks.zw is None else blocks.zw.to(f64)
     loss = row_loss(lse, z_y, swz, rows.w_y.to(f64), k)
-    zrows = z_loss * lse * lse if want_z else None
-    dtype = logits.dtype
-    return rows.reduce(loss, dtype), (rows.reduce(zrows, dtype) if want_z else None), grad
+    zterm = None
+    if call.want_z:
+        zterm = rows.reduce(z_loss * lse * lse, logits.dtype)
+    return rows.reduce(loss, logits.dtype), zterm, grad
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -241,35 +247,12 @@ class CrossEntropyFunction(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx,
         logits: Tensor,
-        target: Tensor,
-        weight: Tensor | None,
-        ignore_index: int,
-        label_smoothing: float,
-        z_loss: float,
-        softcap: float | None,
-        reduction: str,
-        normalizer: Tensor | None,
-        mask: Tensor | None,
-        inplace_backward: bool,
-        return_z_loss: bool,
+        call: _Call,
         recompute: Recompute | None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        loss, zterm, grad = _forward(
-            logits,
-            target,
-            weight,
-            ignore_index,
-            label_smoothing,
-            z_loss,
-            softcap,
-            reduction,
-            normalizer,
-            mask,
-            inplace_backward,
-            return_z_loss,
-        )
+        loss, zterm, grad = _forward(logits, call)
         # In the in-place case a new alias, so that autograd may adopt it as the leaf's .grad.
-        ctx.grad = grad.detach() if inplace_backward else grad
+        ctx.grad = grad.detach() if call.inplace else grad
         ctx.recompute = recompute or Recompute("cross_entropy")  # no rule: create_graph raises
         if zterm is not None:
             ctx.mark_non_differentiable(zterm)
@@ -297,7 +280,7 @@ class CrossEntropyFunction(torch.autograd.Function):
                 grad.mul_(scale)
         else:
             grad.mul_(grad_loss.unsqueeze(1))
-        return (grad,) + (None,) * 12
+        return grad, None, None
 
 
 def cross_entropy(
@@ -367,22 +350,15 @@ def cross_entropy(
     ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)`` when there
     is no mask, normalizer, z-loss or softcap.
     """
-    args = (
-        logits,
-        target,
-        weight,
-        ignore_index,
-        float(label_smoothing),
-        float(z_loss),
+    opts = CrossEntropyOptions(
+        reduction, ignore_index, float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap),
-        reduction,
-        normalizer,
-        mask,
-        bool(inplace_backward),
-        bool(return_z_loss),
+    )  # fmt: skip
+    call = _Call(
+        target, weight, normalizer, mask, opts, bool(inplace_backward), bool(return_z_loss)
     )
     if torch.is_grad_enabled() and logits.requires_grad:
-        return CrossEntropyFunction.apply(*args, recompute)
+        return CrossEntropyFunction.apply(logits, call, recompute)
     # No gradient wanted (evaluation): the loss alone, no gradient buffer, logits untouched.
-    loss, zterm, _ = _forward(*args, want_grad=False)
+    loss, zterm, _ = _forward(logits, call, want_grad=False)
     return (loss, zterm) if return_z_loss else loss

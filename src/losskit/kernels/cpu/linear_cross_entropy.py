@@ -22,14 +22,14 @@ plus losskit's ``mask``, ``normalizer``, ``z_loss`` and ``softcap``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ..._validate import CrossEntropyOptions
 from ..chunked import engine
 from ..chunked.epilogue import Chunk, Epilogue
-from ..chunked.plan import ChunkPlan
-from ..recompute import Recompute
 from ..rows import Coefficients, gradient_, local_target, row_loss
 from .cross_entropy import CHUNK_BYTES
 
@@ -161,32 +161,16 @@ class CpuEpilogue(Epilogue):
             t.mul_(go)
 
 
-def linear_cross_entropy(
-    x: Tensor,
-    w: Tensor,
-    target: Tensor,
-    *,
-    bias: Tensor | None,
-    weight: Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    reduction: str,
-    normalizer: Tensor | None,
-    mask: Tensor | None,
-    plan: ChunkPlan,
-    epilogue: Epilogue | None = None,
-    retain_graph: bool = False,
-    recompute: Recompute | None = None,
-) -> Tensor:
+def linear_cross_entropy(x: Tensor, w: Tensor, target: Tensor, **options: Any) -> Tensor:
     r"""Chunked ``cross_entropy(x @ w.T + bias, target)`` of validated 2-D CPU inputs.
 
     .. math::
         \ell_i = \mathrm{CE}(x_i W^\top + b,\ y_i)
 
-    The arguments and result of :func:`losskit.kernels.chunked.linear_cross_entropy`, whose
-    ``epilogue`` defaults here to a :class:`CpuEpilogue`.
+    The keyword arguments and result of :func:`losskit.kernels.chunked.linear_cross_entropy`
+    (``bias, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, normalizer,
+    mask, plan``, and optionally ``retain_graph, recompute``), whose ``epilogue`` is here
+    :class:`CpuEpilogue` unless given.
 
     Example:
         >>> from losskit.kernels.chunked import plan_chunks
@@ -200,23 +184,13 @@ def linear_cross_entropy(
         >>> bool(torch.allclose(loss, ref))
         True
     """
-    if epilogue is None:
-        opts = CrossEntropyOptions(
-            reduction, int(ignore_index), float(label_smoothing), float(z_loss),
-            None if softcap is None else float(softcap),
-        )  # fmt: skip
-        epilogue = CpuEpilogue(weight, w.shape[0], opts)
-    return engine.linear_cross_entropy(
-        x, w, target, bias=bias, weight=weight, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, reduction=reduction,
-        normalizer=normalizer, mask=mask, plan=plan, epilogue=epilogue,
-        retain_graph=retain_graph, recompute=recompute,
-    )  # fmt: skip
+    options.setdefault("epilogue", CpuEpilogue)
+    return engine.linear_cross_entropy(x, w, target, **options)
 
 
 # TEMP: the old names, until kernels/triton/linear_cross_entropy.py imports the engine
 # (kernels/chunked/) instead of this file; removed once nothing uses them.
-from ..chunked.plan import plan_chunks  # noqa: E402, F401
+from ..chunked.plan import ChunkPlan, plan_chunks  # noqa: E402, F401
 
 
 def LossOptions(ignore_index, label_smoothing, z_loss, softcap, reduction):  # noqa: N802
