@@ -220,7 +220,7 @@ def _lce_recompute(
 
 
 def _budget_bytes(memory_budget: int | str, device: torch.device) -> int:
-    from .kernels.chunked import BUDGETS  # TEMP
+    from .kernels.chunked import BUDGETS
 
     if not isinstance(memory_budget, str):
         return int(memory_budget)
@@ -240,7 +240,7 @@ def _chunked(
     **options: object,
 ) -> Tensor:
     """The chunked launcher on 2-D inputs, its plan sized by the memory budget."""
-    from .kernels.chunked import plan_chunks  # TEMP
+    from .kernels.chunked import plan_chunks
 
     n, d = x.shape
     plan = plan_chunks(
