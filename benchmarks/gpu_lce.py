@@ -96,7 +96,7 @@ def phase_check(quick: bool) -> list[dict]:
     import torch
 
     import losskit.functional as LF
-    from losskit.kernels.cpu import linear_cross_entropy as chunked
+    from losskit.kernels.chunked import engine as chunked
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
@@ -327,7 +327,7 @@ def phase_bench(index: int, quick: bool) -> list[dict]:
     import torch.nn.functional as F
 
     import losskit.functional as LF
-    from losskit.kernels.cpu.linear_cross_entropy import BUDGETS, plan_chunks
+    from losskit.kernels.chunked import BUDGETS, plan_chunks
 
     n, d, v = SHAPES[index]
     dev = DEV

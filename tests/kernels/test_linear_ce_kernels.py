@@ -19,14 +19,17 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
+import losskit.kernels.triton.common as common  # noqa: E402
 import losskit.kernels.triton.cross_entropy as ce  # noqa: E402
 import losskit.kernels.triton.linear_cross_entropy as tl_lce  # noqa: E402
+import losskit.kernels.triton.plans as plans  # noqa: E402
 
-if not ce.INTERPRETED and not torch.cuda.is_available():
+if not common.INTERPRETED and not torch.cuda.is_available():
     # imported earlier in this session without the interpreter: define the kernels again
+    common, plans = importlib.reload(common), importlib.reload(plans)
     ce = importlib.reload(ce)
     tl_lce = importlib.reload(tl_lce)
-if not ce.INTERPRETED and not torch.cuda.is_available():
+if not common.INTERPRETED and not torch.cuda.is_available():
     pytest.skip("needs Triton's interpreter or a CUDA device", allow_module_level=True)
 
 import losskit.functional as LF  # noqa: E402
@@ -35,7 +38,7 @@ from losskit._validate import CrossEntropyOptions  # noqa: E402
 from losskit.kernels import chunked  # noqa: E402
 from losskit.kernels.cpu.linear_cross_entropy import CpuEpilogue  # noqa: E402
 
-DEVICE = "cpu" if ce.INTERPRETED else "cuda"
+DEVICE = "cpu" if common.INTERPRETED else "cuda"
 N, D, V = 13, 9, 203
 
 #: (chunk plan, the cross-entropy kernel's plan for whole rows)
@@ -90,7 +93,7 @@ def launcher(plan, ce_plan, epilogue: str):
             reduction, kw["ignore_index"], kw["label_smoothing"], kw["z_loss"], kw["softcap"]
         )
         if epilogue == "triton":
-            p = None if ce_plan is None else ce.make_plan(V, x.device, ce_plan[0], **ce_plan[1])
+            p = None if ce_plan is None else plans.make_plan(V, x.device, ce_plan[0], **ce_plan[1])
             epi = tl_lce.TritonEpilogue(weight, V, opts, ce_plan=p)
         else:
             epi = CpuEpilogue(weight, V, opts)

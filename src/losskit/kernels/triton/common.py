@@ -114,10 +114,22 @@ def online_block(m, se, swz, z, ok, w_ptrs, HAS_WEIGHT: tl.constexpr, HAS_SMOOTH
 
 @triton.jit
 def row_terms(
-    lse, zy, swz, w_y, wsum, one_minus_eps, eps_over_v, z_coef,
-    HAS_SMOOTH: tl.constexpr, HAS_Z: tl.constexpr,
+    lse, zy, swz, W, WSUM, y, V, one_minus_eps, eps_over_v, z_coef,
+    HAS_WEIGHT: tl.constexpr, HAS_SMOOTH: tl.constexpr, HAS_Z: tl.constexpr,
 ):  # fmt: skip
-    """Row loss, z term, and the gradient coefficients ``a`` and ``b = (1-eps) w_y``."""
+    """Row loss, z term, and the gradient coefficients ``a`` and ``b = (1-eps) w_y``.
+
+    ``w_y`` is read at ``W + y`` (1 without class weights) and ``W = sum w`` at ``WSUM`` (``V``
+    without class weights; read with label smoothing only).
+    """
+    if HAS_WEIGHT:
+        w_y = tl.load(W + y)
+    else:
+        w_y = 1.0
+    if HAS_WEIGHT and HAS_SMOOTH:
+        wsum = tl.load(WSUM)
+    else:
+        wsum = V * 1.0
     b = one_minus_eps * w_y
     a = b
     loss = b * (lse - zy)

@@ -169,17 +169,10 @@ def _ce_chunk_kernel(
 
         # Step 4. Row loss (chunk 0 writes it) and the gradient chunk from the held registers.
         if MODE != 1:
-            if HAS_WEIGHT:
-                w_y = tl.load(W + y)
-            else:
-                w_y = 1.0
-            if HAS_WEIGHT and HAS_SMOOTH:
-                wsum = tl.load(WSUM)
-            else:
-                wsum = V * 1.0
             loss, zterm, a, b = row_terms(
-                lse, zy, swz, w_y, wsum, one_minus_eps, eps_over_v, z_coef, HAS_SMOOTH, HAS_Z
-            )
+                lse, zy, swz, W, WSUM, y, V, one_minus_eps, eps_over_v, z_coef,
+                HAS_WEIGHT, HAS_SMOOTH, HAS_Z,
+            )  # fmt: skip
             tl.store(LOSS + row, loss, mask=j == 0)
             if STORE_Z:
                 tl.store(ZROW + row, zterm, mask=j == 0)
@@ -237,17 +230,10 @@ def _ce_rowloop_kernel(
 
         # Step 2. Row loss from lse and the target logit.
         zy, thy = load_logits(x_row + y, True, softcap, inv_softcap, HAS_SOFTCAP, False)
-        if HAS_WEIGHT:
-            w_y = tl.load(W + y)
-        else:
-            w_y = 1.0
-        if HAS_WEIGHT and HAS_SMOOTH:
-            wsum = tl.load(WSUM)
-        else:
-            wsum = V * 1.0
         loss, zterm, a, b = row_terms(
-            lse, zy, swz, w_y, wsum, one_minus_eps, eps_over_v, z_coef, HAS_SMOOTH, HAS_Z
-        )
+            lse, zy, swz, W, WSUM, y, V, one_minus_eps, eps_over_v, z_coef,
+            HAS_WEIGHT, HAS_SMOOTH, HAS_Z,
+        )  # fmt: skip
         tl.store(LOSS + row, loss)
         if STORE_Z:
             tl.store(ZROW + row, zterm)

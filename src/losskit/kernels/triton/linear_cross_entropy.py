@@ -1,21 +1,22 @@
 """Fused linear + cross-entropy on CUDA: cuBLAS GEMMs and Triton epilogues, chunk by chunk.
 
-The chunk loop, the planner and the ``autograd.Function`` are the ones of
-``kernels/cpu/linear_cross_entropy.py`` (the algorithm is written once, in torch ops, with the
-GEMMs done by torch, i.e. cuBLAS here); this file supplies the epilogues that run on the logits
-of a chunk in place:
+The chunk loop, the planner and the ``autograd.Function`` are the backend-neutral engine of
+``kernels/chunked/`` (written once, in torch ops, with the GEMMs done by torch, i.e. cuBLAS
+here); this file supplies the epilogue (:class:`TritonEpilogue`, a
+:class:`~losskit.kernels.chunked.Epilogue`) that runs on the logits of a chunk in place:
 
 ``rows`` (whole-row plan)
-    The fused cross-entropy kernel of ``kernels/triton/cross_entropy.py`` (its launch plans:
-    one program per row up to ``SINGLE_MAX`` (16K) classes, cooperative chunks of a row beyond,
-    one read of the logits and one write of the gradient), launched on the chunk with the
-    gradient written over the logits, the per-row losses kept in float32 and the reduction's
-    ``1/D`` folded in.
+    The fused cross-entropy kernel of ``kernels/triton/cross_entropy.py`` (its launch plans,
+    ``plans.py``: one program per row up to ``SINGLE_MAX`` (16K) classes, cooperative chunks of
+    a row beyond, one read of the logits and one write of the gradient), launched on the chunk
+    with the gradient written over the logits, the per-row losses kept in float32 and the
+    reduction's ``1/D`` folded in.
 ``tile_stats`` / ``tile_grad`` (tiled plan, ``memory_budget='lean'``)
     Two small kernels for vocabulary tiles: (1) per row, the tile's online-softmax statistics
     (max, sum of exp, target logit, sum of ``w z'``) merged into the row's running ones;
     (2) per (row, block), the gradient ``r (a exp(z' - lse) - b [c == y] - (eps/V) w_c)`` times
-    ``1 - tanh^2`` under a softcap, in place.
+    ``1 - tanh^2`` under a softcap, in place (``common.grad_block``, the CE kernels' formula),
+    from the per-row coefficients of the engine (``kernels.rows.Coefficients``).
 
 All arithmetic in float32; each gradient element is rounded once to the logits' dtype.
 
@@ -34,9 +35,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..._validate import CrossEntropyOptions
-from ..cpu import linear_cross_entropy as chunked
-from ..cpu.linear_cross_entropy import Chunk, ChunkPlan, LossOptions, TorchEpilogue
-from ..recompute import Recompute
+from ..chunked import Chunk, Epilogue, engine
 from . import cross_entropy as ce
 from .common import (
     INTERPRETED,
@@ -105,7 +104,9 @@ def _tile_grad_kernel(
 ):  # fmt: skip
     """Program (row, block): the gradient of one block of a tile, written over its logits.
 
-    Rows that do not count come with ``lse = +inf`` and zero coefficients: their gradient is 0.
+    ``RA``, ``RB``, ``RE``: per row ``r a``, ``r (1-eps) w_y`` and ``r eps/V`` (the engine's
+    ``kernels.rows.Coefficients``, the last two negated back). Rows that do not count come with
+    ``lse = +inf`` and zero coefficients: their gradient is 0.
     """
     row = tl.program_id(0).to(tl.int64)
     lane = tl.arange(0, BLOCK)
@@ -134,22 +135,21 @@ def _tile_grad_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-class TritonEpilogue(TorchEpilogue):
+class TritonEpilogue(Epilogue):
     """The epilogues of the chunk loop as Triton launches (the row bookkeeping stays in torch)."""
 
     def __init__(
-        self, weight: Tensor | None, v: int, opts: LossOptions, ce_plan: Plan | None = None
+        self,
+        weight: Tensor | None,
+        v: int,
+        opts: CrossEntropyOptions,
+        ce_plan: Plan | None = None,
     ) -> None:
-        """``ce_plan``: the cross-entropy kernel's launch plan for whole rows (default: its own
-        choice for ``V``, see ``cross_entropy.make_plan``)."""
+        """``ce_plan``: the cross-entropy kernel's launch plan for whole rows (default: the one
+        :data:`~.plans.DEFAULT_PLAN` names for ``V``, see :func:`~.plans.make_plan`)."""
         super().__init__(weight, v, opts)
-        self.opts = CrossEntropyOptions(
-            reduction=opts.reduction, ignore_index=opts.ignore_index,
-            label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, softcap=opts.softcap,
-        )  # fmt: skip
-        self.wsum_t = None
-        if self.w is not None:
-            self.wsum_t = self.w.sum().reshape(1)
+        self.opts = opts
+        self.weight_sum = None if self.w is None else self.k.weight_sum.reshape(1)
         self._plan = ce_plan
 
     def _flags(self) -> dict:
@@ -168,7 +168,7 @@ class TritonEpilogue(TorchEpilogue):
             self._plan = make_plan(v, z.device, DEFAULT_PLAN)
         ce.launch(
             self._plan, self.opts, z, z if want_grad else None, ck.target, weight=self.w,
-            mask=ck.mask, loss=loss_out, scale=ck.scale, weight_sum=self.wsum_t,
+            mask=ck.mask, loss=loss_out, scale=ck.scale, weight_sum=self.weight_sum,
         )  # fmt: skip
         if want_grad and ck.row_scale is not None:
             z.mul_(ck.row_scale.unsqueeze(1))  # computed in float32, rounded once
@@ -189,13 +189,14 @@ class TritonEpilogue(TorchEpilogue):
         c, width = z.shape
         if c == 0:
             return
-        ra, rb = self.grad_coefficients(torch.where(ck.counted, lse, 0.0), ck)
-        re = ck.r * (self.eps / self.v)
+        coef = self.coefficients(lse, ck)
+        ra, rb = coef.ra.contiguous(), coef.neg_rb.neg()
+        re = ra if coef.neg_re is None else coef.neg_re.neg()  # read with label smoothing only
         block = min(TILE_BLOCK, triton.next_power_of_2(width))
         with device_guard(z.device):
             _tile_grad_kernel[(c, triton.cdiv(width, block))](
                 z, z.stride(0), ck.y, lse if self.w is None else self.w, lse.contiguous(),
-                ra.contiguous(), rb.contiguous(), re.contiguous(), width, c0,
+                ra, rb, re, width, c0,
                 *softcap_args(self.cap), BLOCK=block, **self._flags(), num_warps=warps(block),
             )  # fmt: skip
 
@@ -209,35 +210,22 @@ class TritonEpilogue(TorchEpilogue):
 # --------------------------------------------------------------------------------------------
 
 
-def linear_cross_entropy(
-    x: Tensor,
-    w: Tensor,
-    target: Tensor,
-    *,
-    bias: Tensor | None,
-    weight: Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    reduction: str,
-    normalizer: Tensor | None,
-    mask: Tensor | None,
-    plan: ChunkPlan,
-    retain_graph: bool = False,
-    recompute: Recompute | None = None,
-) -> Tensor:
+def linear_cross_entropy(x: Tensor, w: Tensor, target: Tensor, **options: object) -> Tensor:
     r"""Chunked ``cross_entropy(x @ w.T + bias, target)`` on CUDA (or Triton's interpreter).
-
-    Same arguments and result as :func:`losskit.kernels.cpu.linear_cross_entropy.
-    linear_cross_entropy` (validated 2-D inputs, a :class:`ChunkPlan`), with the epilogues run
-    by the Triton kernels of this module and of ``cross_entropy.py``.
 
     .. math::
         \ell_i = \mathrm{CE}(x_i W^\top + b,\ y_i)
 
+    The keyword arguments and result of :func:`losskit.kernels.chunked.linear_cross_entropy`
+    (``bias, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, normalizer,
+    mask, plan``, and optionally ``retain_graph, recompute``: validated 2-D inputs, a
+    :class:`~losskit.kernels.chunked.ChunkPlan`), whose ``epilogue`` is here
+    :class:`TritonEpilogue` unless given: the Triton kernels of this module and of
+    ``cross_entropy.py``.
+
     Example::
 
+        >>> from losskit.kernels.chunked import plan_chunks
         >>> x = torch.randn(4096, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         >>> w = torch.randn(32000, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         >>> y = torch.randint(0, 32000, (4096,), device="cuda")
@@ -248,17 +236,5 @@ def linear_cross_entropy(
         >>> loss.backward()
     """
     check_device(x.device, "input")
-    opts = LossOptions(
-        int(ignore_index), float(label_smoothing), float(z_loss),
-        None if softcap is None else float(softcap), reduction,
-    )  # fmt: skip
-    return chunked.linear_cross_entropy(
-        x, w, target, bias=bias, weight=weight, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, reduction=reduction,
-        normalizer=normalizer, mask=mask, plan=plan,
-        epilogue=TritonEpilogue(weight, w.shape[0], opts), retain_graph=retain_graph,
-        recompute=recompute,
-    )  # fmt: skip
-
-
-plan_chunks = chunked.plan_chunks
+    options.setdefault("epilogue", TritonEpilogue)
+    return engine.linear_cross_entropy(x, w, target, **options)
