@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import losskit
 import losskit.functional as LF
 from losskit import cli, tour
 from losskit.tour.module_vs_functional import _forward_with_tutorial_bug
@@ -145,7 +146,8 @@ def test_a_failing_claim_makes_the_exit_status_nonzero(monkeypatch) -> None:
         loss = mse(input, target, *args, reduction=reduction, **kwargs)
         return loss * 1.01 if reduction == "sum" else loss
 
-    monkeypatch.setattr(LF, "mse_loss", wrong_sum)  # what losskit.MSELoss calls
+    monkeypatch.setattr(LF, "mse_loss", wrong_sum)
+    monkeypatch.setattr(losskit.MSELoss, "function", staticmethod(wrong_sum))  # what it calls
     code, out = run_main(["--section", "1"])
     assert code == 1
     assert "  [FAIL] sum == mean x 6" in out
