@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..._validate import CrossEntropyOptions
 from ..chunked import engine
 from ..chunked.epilogue import Chunk, Epilogue
 from ..rows import Coefficients, gradient_, local_target, row_loss
@@ -186,18 +185,3 @@ def linear_cross_entropy(x: Tensor, w: Tensor, target: Tensor, **options: Any) -
     """
     options.setdefault("epilogue", CpuEpilogue)
     return engine.linear_cross_entropy(x, w, target, **options)
-
-
-# TEMP: the old names, until kernels/triton/linear_cross_entropy.py imports the engine
-# (kernels/chunked/) instead of this file; removed once nothing uses them.
-from ..chunked.plan import ChunkPlan, plan_chunks  # noqa: E402, F401
-
-
-def LossOptions(ignore_index, label_smoothing, z_loss, softcap, reduction):  # noqa: N802
-    return CrossEntropyOptions(reduction, ignore_index, label_smoothing, z_loss, softcap)
-
-
-class TorchEpilogue(CpuEpilogue):
-    def grad_coefficients(self, lse: Tensor, ck: Chunk) -> tuple[Tensor, Tensor]:
-        coef = self.coefficients(lse, ck)
-        return coef.ra, -coef.neg_rb
