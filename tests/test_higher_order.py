@@ -101,8 +101,8 @@ def test_cross_entropy_hessian_vector_product_equals_torchs(reduction):
 @pytest.mark.skipif(triton_ce is None, reason="triton is not installed")
 def test_triton_cross_entropy_recomputes_under_create_graph():
     """The Triton launcher (in its interpreter on the CPU) takes the same recompute rule."""
-    from losskit._dispatch import _ce_recompute
     from losskit._validate import CrossEntropyOptions
+    from losskit.functional.categorical import _ce_recompute
 
     torch.manual_seed(2)
     x = torch.randn(6, 300, requires_grad=True)

@@ -19,9 +19,11 @@ import warnings
 import torch
 from torch import Tensor
 
+from .. import _dispatch as D
 from .. import _validate as V
 from .._reduction import Rows, count_rows, resolve
 from .._reduction import reduce as reduce_loss
+from ..kernels.recompute import Recompute
 from ._common import compute_dtype, flatten_classes, keep, result_dtype
 
 __all__ = [
@@ -208,6 +210,85 @@ def reference_cross_entropy(
     return loss
 
 
+# --------------------------------------------------------------------------------------------
+# the fused path
+# --------------------------------------------------------------------------------------------
+
+
+def _rows(input: Tensor) -> Tensor:
+    """The kernels' ``(N, V)`` rows of logits ``(C,)``, ``(N, C)`` or ``(N, C, d1..dK)``, unit
+    column stride (``(N, C, d1..dK)`` becomes a copy with the classes last)."""
+    logits = flatten_classes(input)
+    return logits if logits.stride(1) == 1 else logits.contiguous()
+
+
+def _ce_recompute(
+    input: Tensor, rows: Tensor, opts: V.CrossEntropyOptions, **extras: Tensor | float | None
+) -> Recompute:
+    """A create_graph=True backward: the reference's gradient of the kernel's ``(N, V)`` rows
+    (``extras``: the call's ``weight``, ``mask`` and ``normalizer``)."""
+
+    def build(input: Tensor) -> tuple[tuple[Tensor], Tensor]:
+        logits = _rows(input)
+        return (logits,), reference_cross_entropy(logits, rows, opts, probabilities=False, **extras)
+
+    return Recompute("cross_entropy", {"input": input}, build)
+
+
+def _fused_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    opts: V.CrossEntropyOptions,
+    *,
+    probabilities: bool,
+    required: bool,
+    inplace_backward: bool,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    normalizer: float | Tensor | None,
+    return_z_loss: bool,
+) -> Tensor | tuple[Tensor, Tensor] | None:
+    """Run the fused kernel, or return None (``required=False``) when it does not apply."""
+    if not required and input.device.type == "cpu" and input.numel() < D.CPU_FUSED_MIN_ELEMENTS:
+        return None
+    kernel, _ = D.select(
+        "cross_entropy", input, required=required, reason=D.unsupported_reason(input, probabilities)
+    )
+    if kernel is None:
+        return None
+
+    out_shape = target.shape
+    logits = _rows(input)
+    rows = target.reshape(-1).long()
+    if mask is not None:
+        mask = mask.expand(out_shape).reshape(-1)
+    if inplace_backward:
+        V.check_inplace_allowed("input", input, logits)
+        recompute = Recompute.unsupported(
+            "cross_entropy", "inplace_backward=True overwrote the logits with their gradient"
+        )
+    else:
+        recompute = _ce_recompute(
+            input, rows, opts, weight=weight, mask=mask, normalizer=normalizer
+        )
+    result = kernel.cross_entropy(
+        logits,
+        rows,
+        recompute=recompute,
+        weight=None if weight is None else weight.to(torch.float32),
+        normalizer=D.kernel_normalizer(normalizer, input.device),
+        mask=mask,
+        inplace_backward=inplace_backward,
+        return_z_loss=return_z_loss,
+        **D.kernel_options(opts),
+    )
+    if opts.reduction != "none":
+        return result
+    if return_z_loss:
+        return result[0].reshape(out_shape), result[1].reshape(out_shape)
+    return result.reshape(out_shape)
+
+
 def cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -305,9 +386,7 @@ def cross_entropy(
 
     extras = dict(weight=weight, mask=mask, normalizer=normalizer, return_z_loss=return_z_loss)
     if impl != "reference":
-        from .._dispatch import fused_cross_entropy
-
-        out = fused_cross_entropy(
+        out = _fused_cross_entropy(
             input,
             target,
             opts,

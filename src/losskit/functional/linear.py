@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import ModuleType
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _dispatch as D
 from .. import _validate as V
-from .._dispatch import fused_linear_cross_entropy, unsupported_reason
-from .categorical import cross_entropy
+from ..kernels.recompute import Recompute
+from .categorical import cross_entropy, reference_cross_entropy
 
 __all__ = ["linear_cross_entropy"]
 
@@ -160,7 +162,7 @@ def linear_cross_entropy(
     V.check_normalizer(normalizer, opts.reduction)
     if impl != "reference":
         flat_mask = None if mask is None else mask.expand(call.index_shape).reshape(-1)
-        loss, reason = fused_linear_cross_entropy(
+        loss, reason = _fused(
             input, linear_weight, target.reshape(-1).long(), opts, required=impl == "fused",
             reason=_unfused_reason(input, call), linear_bias=linear_bias, weight=weight,
             mask=flat_mask, normalizer=normalizer, chunk_size=chunk_size,
@@ -188,7 +190,7 @@ def _unfused_reason(input: Tensor, call: V.LinearCall) -> str:
     """Why the chunked path does not take this call ('' when it does)."""
     if call.out_features and not call.probabilities:
         return "the fused path takes 2-D heads (num_classes, in_features) only"
-    return unsupported_reason(input, call.probabilities)
+    return D.unsupported_reason(input, call.probabilities)
 
 
 def _reference_layout(
@@ -239,3 +241,101 @@ def _apply_options(
     if accumulate == "auto" and getattr(options, "acc_dtype", None) == torch.float32:
         accumulate = "float32"
     return chunk_size, accumulate, bool(getattr(options, "allow_retain_graph", False))
+
+
+# --------------------------------------------------------------------------------------------
+# the fused path
+# --------------------------------------------------------------------------------------------
+
+
+def _lce_recompute(
+    input: Tensor,
+    linear_weight: Tensor,
+    linear_bias: Tensor | None,
+    rows: Tensor,
+    opts: V.CrossEntropyOptions,
+    **extras: Tensor | float | None,
+) -> Recompute:
+    """A create_graph=True backward: the reference's gradients of the chunked op's inputs."""
+
+    def build(
+        input: Tensor, linear_weight: Tensor, linear_bias: Tensor | None
+    ) -> tuple[tuple[Tensor, Tensor, Tensor | None], Tensor]:
+        x = input.reshape(-1, input.shape[-1]).contiguous()
+        w = linear_weight.contiguous()
+        logits = F.linear(x, w, linear_bias)
+        return (x, w, linear_bias), reference_cross_entropy(
+            logits, rows, opts, probabilities=False, **extras
+        )
+
+    sources = {"input": input, "linear_weight": linear_weight, "linear_bias": linear_bias}
+    return Recompute("linear_cross_entropy", sources, build)
+
+
+def _budget_bytes(memory_budget: int | str, device: torch.device) -> int:
+    from ..kernels.chunked import BUDGETS
+
+    if not isinstance(memory_budget, str):
+        return int(memory_budget)
+    return BUDGETS[("cuda" if device.type == "cuda" else "cpu", memory_budget)]
+
+
+def _chunked(
+    kernel: ModuleType,
+    x: Tensor,
+    w: Tensor,
+    target: Tensor,
+    *,
+    chunk_size: int | None,
+    memory_budget: int | str,
+    accumulate: str,
+    normalizer: float | Tensor | None,
+    **options: object,
+) -> Tensor:
+    """The chunked launcher on 2-D inputs, its plan sized by the memory budget."""
+    from ..kernels.chunked import plan_chunks
+
+    n, d = x.shape
+    plan = plan_chunks(
+        n, d, w.shape[0], x.dtype, x.device.type, budget=_budget_bytes(memory_budget, x.device),
+        chunk_size=chunk_size, accumulate=accumulate,
+    )  # fmt: skip
+    return kernel.linear_cross_entropy(
+        x.contiguous(), w.contiguous(), target, plan=plan,
+        normalizer=D.kernel_normalizer(normalizer, x.device), **options,
+    )  # fmt: skip
+
+
+def _fused(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    opts: V.CrossEntropyOptions,
+    *,
+    required: bool,
+    reason: str,
+    linear_bias: Tensor | None,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    normalizer: float | Tensor | None,
+    chunk_size: int | None,
+    memory_budget: int | str,
+    accumulate: str,
+    retain_graph: bool,
+) -> tuple[Tensor | None, str]:
+    """Run the chunked kernel on ``(*, D)`` inputs with flat ``(N,)`` targets and mask, or
+    return None and why not (``required=False``) when it does not apply."""
+    kernel, reason = D.select("linear_cross_entropy", input, required=required, reason=reason)
+    if kernel is None:
+        return None, reason
+    recompute = _lce_recompute(
+        input, linear_weight, linear_bias, target, opts, weight=weight, mask=mask,
+        normalizer=normalizer,
+    )  # fmt: skip
+    loss = D.eager(_chunked)(
+        kernel, input.reshape(-1, input.shape[-1]), linear_weight, target, bias=linear_bias,
+        weight=weight, mask=mask, normalizer=normalizer, chunk_size=chunk_size,
+        memory_budget=memory_budget, accumulate=accumulate, retain_graph=retain_graph,
+        recompute=recompute, **D.kernel_options(opts),
+    )  # fmt: skip
+    return loss, ""
