@@ -14,6 +14,7 @@ decides which rows count, what each weighs and what ``'mean'`` divides by.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -181,8 +182,9 @@ class Rows:
     denominator: Tensor | None  #: 0-dim ``D`` of ``'mean'`` (see :func:`divide_mean`), else None
     normalized: bool  #: whether ``D`` is the caller's normalizer
 
+    @functools.cached_property
     def scale(self) -> Tensor | None:
-        """``1/D`` as a ``(1,)`` tensor for ``'mean'``, else None."""
+        """``1/D`` as a ``(1,)`` tensor for ``'mean'``, else None (computed once per call)."""
         if self.denominator is None:
             return None
         return mean_scale(self.denominator, normalized=self.normalized).reshape(1)
@@ -194,7 +196,7 @@ class Rows:
         if self.denominator is None:
             return counted.to(self.w_y.dtype)
         # where, not a product: 1/D is inf when no row counts
-        return torch.where(counted, self.scale(), torch.zeros((), dtype=self.w_y.dtype))
+        return torch.where(counted, self.scale, torch.zeros((), dtype=self.w_y.dtype))
 
     def reduce(self, values: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """Per-row ``values`` (N,) reduced as asked: 0 where a row does not count; the (N,)

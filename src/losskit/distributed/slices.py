@@ -19,7 +19,6 @@ from torch import Tensor
 
 from .. import _validate as V
 from ..kernels.rows import (
-    Coefficients,
     Smoothing,
     gradient_,
     gradient_coefficients,
@@ -111,7 +110,7 @@ def slice_gradient(
         return grad
     col, inside = local_target(y, spec.start, size)
     coef = gradient_coefficients(g, w_y, spec.k, lse)
-    coef = Coefficients(coef.ra, torch.where(inside, coef.neg_rb, 0.0), coef.neg_re)
+    coef = coef.within(inside)
     return gradient_(grad, coef.ra, coef, col, weight=w_local, tanh=tanh)
 
 

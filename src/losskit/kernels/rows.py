@@ -65,6 +65,11 @@ class Coefficients:
         neg_re = None if self.neg_re is None else self.neg_re[i:j]
         return Coefficients(self.ra[i:j], self.neg_rb[i:j], neg_re)
 
+    def within(self, inside: Tensor) -> Coefficients:
+        """For a tile or slice of the columns: the target term only in rows whose target falls
+        among them (``inside``, from :func:`local_target`)."""
+        return Coefficients(self.ra, torch.where(inside, self.neg_rb, 0.0), self.neg_re)
+
 
 def gradient_coefficients(
     r: Tensor, w_y: Tensor, k: Smoothing, lse: Tensor | None = None

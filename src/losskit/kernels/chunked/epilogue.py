@@ -42,7 +42,7 @@ class Chunk:
             r = r * rs
         return cls(
             target[i:j], None if mask is None else mask[i:j], rows.counted[i:j], rows.y[i:j],
-            rows.w_y[i:j], r, rows.scale(), rs,
+            rows.w_y[i:j], r, rows.scale, rs,
         )  # fmt: skip
 
     def rows(self, s0: int, s1: int) -> Chunk:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..chunked import engine
 from ..chunked.epilogue import Chunk, Epilogue
-from ..rows import Coefficients, gradient_, local_target, row_loss
+from ..rows import gradient_, local_target, row_loss
 from .cross_entropy import CHUNK_BYTES
 
 # (The engine's own buffers come from kernels/cpu/memory.py, so importing the engine imports this
@@ -135,7 +135,7 @@ class CpuEpilogue(Epilogue):
         low = z.dtype != _F32
         coef = self.coefficients(lse, ck)
         y, inside = local_target(ck.y, c0, width)
-        coef = Coefficients(coef.ra, torch.where(inside, coef.neg_rb, 0.0), coef.neg_re)
+        coef = coef.within(inside)
         step = self._blocks(c, width)
         scratch, th_buf = self._scratch(step, width, low)
         w = None if self.w is None else self.w[c0 : c0 + width]

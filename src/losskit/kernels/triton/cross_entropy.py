@@ -386,7 +386,7 @@ def _forward(
     if n > 0:
         launch(
             call.plan, opts, logits, grad, target, weight=w, mask=mask, loss=loss_rows,
-            zterm=z_rows, scale=rows.scale(),
+            zterm=z_rows, scale=rows.scale,
         )  # fmt: skip
     zterm = None if z_rows is None else rows.reduce(z_rows, dtype)
     return rows.reduce(loss_rows, dtype), zterm, grad
