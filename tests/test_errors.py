@@ -535,6 +535,17 @@ def test_bad_input_raises_a_named_error(case: Case):
 
 # Operations that compute a loss; none may run before an input error is raised.
 _COMPUTE = {
+    # torch's own loss kernels (the plain path, losskit.functional._torch)
+    "cross_entropy_loss",
+    "nll_loss_nd",
+    "mse_loss",
+    "l1_loss",
+    "smooth_l1_loss",
+    "huber_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "kl_div",
+    # the reference's ops
     "log_softmax",
     "logsigmoid",
     "log",

@@ -204,7 +204,8 @@ def test_classification_mask_equals_slicing(name, form, weighted):
     full = fn(x, t, weight=weight, reduction="none")
     kept = mask.expand(none.shape)
     assert torch.equal(none[~kept], torch.zeros_like(none[~kept]))
-    assert torch.equal(none[kept], full[kept])
+    # without a mask the call is torch's own kernel, with one losskit's reference
+    torch.testing.assert_close(none[kept], full[kept], **TIGHT)
 
 
 @pytest.mark.parametrize("name, form", _cases(["index", "soft", "K-dim index"]))

@@ -9,10 +9,11 @@ again.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
-from .._reduction import resolve
+from .._reduction import VALID_REDUCTIONS, resolve
 from .errors import LossTypeError, LossValueError
 
 __all__ = [
@@ -114,11 +115,55 @@ def cross_entropy_options(
     allow_none_ignore: bool = False,
 ) -> CrossEntropyOptions:
     """Check a cross-entropy's options (legacy ``size_average``/``reduce`` mapped as torch maps
-    them) and return them frozen."""
-    reduction = resolve(reduction, size_average, reduce, depth=1)
+    them) and return them frozen.
+
+    A call without legacy flags or the deprecated spelling (nothing to warn about) is answered
+    from a cache of checked options (keyed by type too, so ``label_smoothing=False`` still
+    fails): on a tiny input, building the options is a visible part of a loss's cost.
+    """
+    if size_average is None and reduce is None and reduction in VALID_REDUCTIONS:
+        try:
+            return _checked_options(
+                reduction, ignore_index, label_smoothing, z_loss, softcap, allow_none_ignore
+            )
+        except TypeError:  # an unhashable option: checked below, and refused there
+            pass
+    return _check_options(
+        reduction, ignore_index, label_smoothing, z_loss, softcap,
+        size_average=size_average, reduce=reduce, allow_none_ignore=allow_none_ignore,
+    )  # fmt: skip
+
+
+def _check_options(
+    reduction: str,
+    ignore_index: object,
+    label_smoothing: object,
+    z_loss: object,
+    softcap: object,
+    *,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    allow_none_ignore: bool = False,
+) -> CrossEntropyOptions:
+    reduction = resolve(reduction, size_average, reduce, depth=2)
     label_smoothing = check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
     z_loss = check_float_option("z_loss", z_loss, low=0.0)
     if softcap is not None:
         softcap = check_float_option("softcap", softcap, low=0.0, low_open=True)
     ignore_index = check_ignore_index(ignore_index, allow_none=allow_none_ignore)
     return CrossEntropyOptions(reduction, ignore_index, label_smoothing, z_loss, softcap)
+
+
+@functools.lru_cache(maxsize=256, typed=True)
+def _checked_options(
+    reduction: str,
+    ignore_index: object,
+    label_smoothing: object,
+    z_loss: object,
+    softcap: object,
+    allow_none_ignore: bool,
+) -> CrossEntropyOptions:
+    return _check_options(
+        reduction, ignore_index, label_smoothing, z_loss, softcap,
+        allow_none_ignore=allow_none_ignore, reduce=None, size_average=None,
+    )  # fmt: skip

@@ -118,18 +118,32 @@ def require_broadcastable_to(name: str, tensor: Tensor, shape: torch.Size, what:
         )
 
 
+def value_range(tensor: Tensor) -> tuple[float, float]:
+    """The smallest and largest value of a non-empty tensor: one min/max pass and one host read
+    (one device sync; on the CPU two reads, cheaper than a stack). NaN anywhere makes both NaN.
+    Comparing the two on the host is what keeps a value check cheap: on a small tensor each
+    further tensor op (a comparison, ``.any()``) costs as much as the pass itself."""
+    low, high = torch.aminmax(tensor.detach() if tensor.requires_grad else tensor)
+    if tensor.device.type == "cpu":
+        return low.item(), high.item()
+    return torch.stack((low, high)).tolist()
+
+
 def check_unit_interval(name: str, tensor: Tensor, *, what: str) -> None:
-    """Values in [0, 1] (one min/max pass). NaN fails too."""
+    """Values in [0, 1] (see :func:`value_range`; the position is looked for only when a value
+    is out). NaN fails too."""
     if tensor.numel() == 0:
         return
+    low, high = value_range(tensor)
+    if low >= 0 and high <= 1:  # a NaN makes both comparisons False
+        return
     bad = ~((tensor >= 0) & (tensor <= 1))
-    if bool(bad.any()):
-        flat = int(bad.reshape(-1).nonzero()[0, 0])
-        value = tensor.reshape(-1)[flat].item()
-        raise LossValueError(
-            f"{name} must hold {what} in [0, 1], got {value:g} at position "
-            f"{position(flat, tensor.shape)}"
-        )
+    flat = int(bad.reshape(-1).nonzero()[0, 0])
+    value = tensor.reshape(-1)[flat].item()
+    raise LossValueError(
+        f"{name} must hold {what} in [0, 1], got {value:g} at position "
+        f"{position(flat, tensor.shape)}"
+    )
 
 
 def check_mask(mask: Tensor | None, shape: torch.Size, *, what: str = "the target") -> None:
@@ -196,15 +210,24 @@ def check_class_indices(
     """
     if target.numel() == 0:
         return
+    low, high = value_range(target)
+    if low >= 0 and high < num_classes:
+        return
+    if low <= ignore_index <= high:  # the range of the indices that are not ignored
+        kept = target[target != ignore_index]
+        if kept.numel() == 0:
+            return
+        low, high = value_range(kept)
+        if low >= 0 and high < num_classes:
+            return
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
-    if bool(bad.any()):
-        flat = int(bad.reshape(-1).nonzero()[0, 0])
-        value = int(target.reshape(-1)[flat])
-        raise LossIndexError(
-            f"target has class index {value} at position {position(flat, target.shape)}, but "
-            f"{classes_of} has {num_classes} classes (dim {class_dim}); valid indices are 0.."
-            f"{num_classes - 1}, or ignore_index={ignore_index}"
-        )
+    flat = int(bad.reshape(-1).nonzero()[0, 0])
+    value = int(target.reshape(-1)[flat])
+    raise LossIndexError(
+        f"target has class index {value} at position {position(flat, target.shape)}, but "
+        f"{classes_of} has {num_classes} classes (dim {class_dim}); valid indices are 0.."
+        f"{num_classes - 1}, or ignore_index={ignore_index}"
+    )
 
 
 def check_inplace_allowed(name: str, tensor: Tensor, storage_of: Tensor) -> None:

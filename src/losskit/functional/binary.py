@@ -12,6 +12,7 @@ from torch import Tensor
 from .. import _validate as V
 from .._reduction import reduce as reduce_loss
 from .._reduction import resolve
+from . import _torch
 from ._common import compute_dtype, keep, result_dtype
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits"]
@@ -42,6 +43,30 @@ def _check(
     if validate:  # positions left out by the mask may hold anything (missing labels)
         V.check_unit_interval("target", keep(target, mask), what="probabilities")
     return label_smoothing
+
+
+def _plain(
+    input: Tensor,
+    target: Tensor,
+    *others: Tensor | None,
+    label_smoothing: float,
+    mask: Tensor | None,
+    normalizer: float | Tensor | None,
+) -> bool:
+    """Whether a checked call takes the plain path (torch's own kernel, see
+    :mod:`losskit.functional._torch`): nothing losskit adds, and every tensor of the input's
+    dtype, float32 or float64. A target that requires grad takes the reference, whose target
+    gradient is finite at predictions of exactly 0 or 1 (torch's is inf there), and so does a
+    weight that requires grad (torch's kernels give it none)."""
+    return (
+        label_smoothing == 0.0
+        and mask is None
+        and normalizer is None
+        and input.dtype in _torch.DTYPES
+        and target.dtype == input.dtype
+        and not target.requires_grad
+        and all(t is None or (t.dtype == input.dtype and not t.requires_grad) for t in others)
+    )
 
 
 def _smooth_labels(target: Tensor, label_smoothing: float) -> Tensor:
@@ -128,6 +153,10 @@ def binary_cross_entropy(
             what="probabilities (apply a sigmoid first, or use binary_cross_entropy_with_logits)",
         )
     V.require_same_dtype("target", target, "input", input)
+    if _plain(
+        input, target, weight, label_smoothing=label_smoothing, mask=mask, normalizer=normalizer
+    ):
+        return _torch.binary_cross_entropy(input, target, weight, reduction)
     dtype = compute_dtype(input, target)
     y = _smooth_labels(keep(target.to(dtype), mask), label_smoothing)
     loss = _BinaryCrossEntropy.apply(keep(input.to(dtype), mask), y)
@@ -178,6 +207,11 @@ def binary_cross_entropy_with_logits(
         input, target, weight, reduction, label_smoothing, mask, normalizer, validate
     )
     V.check_elementwise_weight("pos_weight", pos_weight, input, exact=False)
+    if _plain(
+        input, target, weight, pos_weight,
+        label_smoothing=label_smoothing, mask=mask, normalizer=normalizer,
+    ):  # fmt: skip
+        return _torch.binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction)
     tensors = [t for t in (input, target, weight, pos_weight) if t is not None]
     dtype = compute_dtype(*tensors)
     x = keep(input.to(dtype), mask)

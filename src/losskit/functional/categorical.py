@@ -24,6 +24,7 @@ from .. import _validate as V
 from .._reduction import Rows, count_rows, resolve
 from .._reduction import reduce as reduce_loss
 from ..kernels.recompute import Recompute
+from . import _torch
 from ._common import compute_dtype, flatten_classes, keep, result_dtype
 
 __all__ = [
@@ -64,6 +65,28 @@ def check_categorical(
     V.check_mask(mask, V.index_target_shape(input) if probabilities else target.shape)
     V.check_normalizer(normalizer, opts.reduction)
     return is_probabilities
+
+
+def _plain(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    normalizer: float | Tensor | None,
+    *,
+    probabilities: bool,
+) -> bool:
+    """Whether a checked categorical call can be torch's own kernel (see
+    :mod:`losskit.functional._torch`): no mask or normalizer, float32 or float64 input, a weight
+    of its dtype that needs no gradient (torch's kernels give it none), and probabilities of the
+    input's dtype (any integer index dtype: the caller widens it to int64)."""
+    return (
+        mask is None
+        and normalizer is None
+        and input.dtype in _torch.DTYPES
+        and (weight is None or (weight.dtype == input.dtype and not weight.requires_grad))
+        and (not probabilities or target.dtype == input.dtype)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +258,13 @@ def _ce_recompute(
     return Recompute("cross_entropy", {"input": input}, build)
 
 
+def _fused_applies(input: Tensor) -> bool:
+    """Whether ``impl='auto'`` would try the fused kernel for class-index targets: on CUDA, and
+    on CPU inputs from :data:`losskit._dispatch.CPU_FUSED_MIN_ELEMENTS` logits up (below that,
+    the reference is faster)."""
+    return input.device.type != "cpu" or input.numel() >= D.CPU_FUSED_MIN_ELEMENTS
+
+
 def _fused_cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -249,7 +279,7 @@ def _fused_cross_entropy(
     return_z_loss: bool,
 ) -> Tensor | tuple[Tensor, Tensor] | None:
     """Run the fused kernel, or return None (``required=False``) when it does not apply."""
-    if not required and input.device.type == "cpu" and input.numel() < D.CPU_FUSED_MIN_ELEMENTS:
+    if not required and not _fused_applies(input):
         return None
     kernel, _ = D.select(
         "cross_entropy", input, required=required, reason=D.unsupported_reason(input, probabilities)
@@ -380,6 +410,16 @@ def cross_entropy(
     probabilities = check_categorical(input, target, weight, opts, mask, normalizer, validate)
     if inplace_backward and impl == "reference":
         raise V.LossValueError("inplace_backward=True needs impl='fused' or 'auto'")
+    if (
+        impl == "auto"
+        and not (inplace_backward or return_z_loss or opts.z_loss or opts.softcap is not None)
+        and (probabilities or not _fused_applies(input))
+        and _plain(input, target, weight, mask, normalizer, probabilities=probabilities)
+    ):
+        index = target if probabilities else target.long()
+        return _torch.cross_entropy(
+            input, index, weight, opts.reduction, opts.ignore_index, opts.label_smoothing
+        )
     if mask is not None and not probabilities:
         # masked positions may hold any index (padding): make them ignore_index for the gathers
         target = torch.where(mask.expand(target.shape), target.long(), ignore_index)
@@ -438,6 +478,8 @@ def nll_loss(
         reduction, ignore_index, size_average=size_average, reduce=reduce
     )
     check_categorical(input, target, weight, opts, mask, normalizer, validate, probabilities=False)
+    if _plain(input, target, weight, mask, normalizer, probabilities=False):
+        return _torch.nll_loss(input, target.long(), weight, opts.reduction, ignore_index)
     dtype = compute_dtype(input)
     x, rows = class_rows(
         input, target, probabilities=False, weight=weight, ignore_index=ignore_index,
@@ -509,6 +551,9 @@ def kl_div(
             UserWarning,
             stacklevel=2,
         )
+    if mask is None and normalizer is None and input.dtype in _torch.DTYPES:
+        if target.dtype == input.dtype:
+            return _torch.kl_div(input, target, "batchmean" if batchmean else reduction, log_target)
     dtype = compute_dtype(input, target)
     x, y = keep(input.to(dtype), mask), keep(target.to(dtype), mask)
     loss = torch.exp(y) * (y - x) if log_target else torch.xlogy(y, y) - y * x

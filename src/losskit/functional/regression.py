@@ -16,6 +16,7 @@ from torch import Tensor
 from .. import _validate as V
 from .._reduction import reduce as reduce_loss
 from .._reduction import resolve
+from . import _torch
 from ._common import compute_dtype, keep, result_dtype
 
 __all__ = ["huber_loss", "l1_loss", "mse_loss", "smooth_l1_loss"]
@@ -26,6 +27,31 @@ def _residual(input: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
     before the subtraction, so inf/NaN padding reaches no gradient)."""
     dtype = compute_dtype(input, target)
     return keep(input.to(dtype), mask) - keep(target.to(dtype), mask)
+
+
+def _check(
+    input: Tensor,
+    target: Tensor,
+    reduction: str,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    normalizer: float | Tensor | None,
+) -> bool:
+    """Check a regression call; True when it takes the plain path (torch's own kernel: see
+    :mod:`losskit.functional._torch`): no mask or normalizer, input and target of one dtype,
+    float32 or float64, and no weight or one of that dtype on a torch that takes it."""
+    V.require_real("input", input)
+    V.require_real("target", target)
+    V.require_one_floating(input, target)
+    V.check_elementwise(input, target, mask=mask, normalizer=normalizer, reduction=reduction)
+    V.check_elementwise_weight("weight", weight, input, exact=True, what="one weight per element")
+    return (
+        mask is None
+        and normalizer is None
+        and input.dtype == target.dtype
+        and input.dtype in _torch.DTYPES
+        and (weight is None or (_torch.HAS_ELEMENTWISE_WEIGHT and weight.dtype == input.dtype))
+    )
 
 
 def _loss(
@@ -40,17 +66,13 @@ def _loss(
     weighted_mean_by_weight_sum: bool,
     out_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Check the call, apply ``pointwise`` to the residual, weigh and reduce it.
+    """The reference (the call already checked): apply ``pointwise`` to the residual, weigh
+    and reduce it.
 
     ``out_dtype`` (default: the promoted dtype of input and target) is promoted with the
     weight's; ``weighted_mean_by_weight_sum``: a weighted ``'mean'`` divides by the weights'
     sum (MSE, L1) instead of the count (Huber), as torch does.
     """
-    V.require_real("input", input)
-    V.require_real("target", target)
-    V.require_one_floating(input, target)
-    V.check_elementwise(input, target, mask=mask, normalizer=normalizer, reduction=reduction)
-    V.check_elementwise_weight("weight", weight, input, exact=True, what="one weight per element")
     elementwise = pointwise(_residual(input, target, mask))
     if out_dtype is None:
         out_dtype = result_dtype(input, target)
@@ -120,6 +142,8 @@ def mse_loss(
         tensor(2.)
     """
     reduction = resolve(reduction, size_average, reduce)
+    if _check(input, target, reduction, weight, mask, normalizer):
+        return _torch.mse_loss(input, target, reduction, weight)
     return _loss(
         input, target, lambda d: d * d, reduction, weight, mask, normalizer,
         weighted_mean_by_weight_sum=True,
@@ -149,6 +173,8 @@ def l1_loss(
         tensor(1.)
     """
     reduction = resolve(reduction, size_average, reduce)
+    if _check(input, target, reduction, weight, mask, normalizer):
+        return _torch.l1_loss(input, target, reduction, weight)
     return _loss(
         input, target, torch.abs, reduction, weight, mask, normalizer,
         weighted_mean_by_weight_sum=True,
@@ -197,6 +223,8 @@ def smooth_l1_loss(
     """
     reduction = resolve(reduction, size_average, reduce)
     beta = V.check_float_option("beta", beta, low=0.0)
+    if _check(input, target, reduction, None, mask, normalizer):
+        return _torch.smooth_l1_loss(input, target, reduction, beta)
     pointwise = torch.abs if beta == 0.0 else functools.partial(_smooth, beta=beta, slope=1.0)
     return _loss(
         input, target, pointwise, reduction, None, mask, normalizer,
@@ -233,6 +261,8 @@ def huber_loss(
     """
     reduction = resolve(reduction)
     delta = V.check_float_option("delta", delta, low=0.0, low_open=True)
+    if _check(input, target, reduction, weight, mask, normalizer):
+        return _torch.huber_loss(input, target, reduction, delta, weight)
     return _loss(
         input, target, functools.partial(_smooth, beta=delta, slope=delta), reduction, weight,
         mask, normalizer, weighted_mean_by_weight_sum=False,
