@@ -306,3 +306,15 @@ def test_modules_follow_the_torch_2_13_audit_fixes():
         theirs = nn.KLDivLoss(size_average=False, reduction="batchmean")
     assert ours.reduction == theirs.reduction == "sum"
     check_against_torch(ours, theirs, (logp, dist), wrt=(0, 1))
+
+
+def test_nll_loss_2d_is_torch_s_deprecated_name_of_nll_loss():
+    assert_torch_signature(losskit.NLLLoss2d.__init__, nn.NLLLoss2d.__init__)
+    with pytest.warns(FutureWarning, match="NLLLoss2d has been deprecated"):
+        ours = losskit.NLLLoss2d(reduction="sum", ignore_index=1)
+    with pytest.warns(FutureWarning):
+        theirs = nn.NLLLoss2d(reduction="sum", ignore_index=1)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64).log_softmax(1)
+    t = torch.randint(0, 3, (2, 4, 5))
+    assert isinstance(ours, losskit.NLLLoss)
+    check_against_torch(ours, theirs, (x, t))

@@ -12,7 +12,7 @@ One file per family, as in :mod:`losskit.functional`: ``regression``, ``binary``
 """
 
 from .binary import BCELoss, BCEWithLogitsLoss
-from .categorical import CrossEntropyLoss, KLDivLoss, NLLLoss
+from .categorical import CrossEntropyLoss, KLDivLoss, NLLLoss, NLLLoss2d
 from .focal import FocalLoss, SigmoidFocalLoss
 from .linear import LinearCrossEntropyLoss
 from .regression import HuberLoss, L1Loss, MSELoss, SmoothL1Loss
@@ -28,6 +28,7 @@ __all__ = [
     "LinearCrossEntropyLoss",
     "MSELoss",
     "NLLLoss",
+    "NLLLoss2d",
     "SigmoidFocalLoss",
     "SmoothL1Loss",
 ]

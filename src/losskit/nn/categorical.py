@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from torch import Tensor, nn
 
 from .. import _validate as V
@@ -86,6 +88,26 @@ class NLLLoss(_WeightedLoss):
         self.ignore_index = V.check_ignore_index(ignore_index)
 
     shown = ("reduction", "ignore_index")
+
+
+class NLLLoss2d(NLLLoss):
+    """torch's deprecated name of :class:`NLLLoss` (which takes ``(N, C, H, W)`` inputs as it
+    is); constructing one warns, as torch's does."""
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: str = "mean",
+    ) -> None:
+        warnings.warn(
+            "NLLLoss2d has been deprecated: use NLLLoss, a drop-in replacement",
+            FutureWarning,
+            stacklevel=2,
+        )
+        super().__init__(weight, size_average, ignore_index, reduce, reduction)
 
 
 class KLDivLoss(nn.Module):
