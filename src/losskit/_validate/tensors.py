@@ -124,7 +124,7 @@ def value_range(tensor: Tensor) -> tuple[float, float]:
     Comparing the two on the host is what keeps a value check cheap: on a small tensor each
     further tensor op (a comparison, ``.any()``) costs as much as the pass itself."""
     low, high = torch.aminmax(tensor.detach() if tensor.requires_grad else tensor)
-    if tensor.device.type == "cpu":
+    if tensor.is_cpu:
         return low.item(), high.item()
     return torch.stack((low, high)).tolist()
 
