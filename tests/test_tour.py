@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -123,6 +126,70 @@ def test_plot_option_through_main(tmp_path) -> None:
     assert code == 0
     assert (tmp_path / "loss_shapes.png").read_bytes().startswith(PNG_SIGNATURE)
     assert f"wrote {tmp_path / 'loss_shapes.png'}" in out
+
+
+def _refused(argv: list[str], capsys) -> str:
+    """The one stderr line of a ``--plot`` the tour refuses, having printed nothing else."""
+    code, out = run_main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert out == ""  # refused before the first step (and before the header)
+    assert err.endswith("\n") and err.count("\n") == 1 and "Traceback" not in err
+    return err.rstrip("\n")
+
+
+def test_plot_into_a_read_only_folder_is_one_line_before_the_steps(tmp_path, capsys) -> None:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as root: a read-only mode does not stop this user")
+        err = _refused(["--section", "1", "--plot", str(folder / "plots")], capsys)
+        assert err == f"losskit tour: cannot write plots to {folder / 'plots'}: Permission denied"
+    finally:
+        folder.chmod(stat.S_IRWXU)
+
+
+def test_plot_refused_by_the_file_system_names_its_reason(tmp_path, capsys, monkeypatch) -> None:
+    """As the read-only folder, for any user: the probe's own error is the reason given."""
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    err = _refused(["--plot", str(tmp_path)], capsys)
+    assert err == f"losskit tour: cannot write plots to {tmp_path}: Permission denied"
+
+
+@pytest.mark.parametrize("below", ["", "plots", "a/b"])
+def test_plot_under_a_regular_file_is_one_line(tmp_path, capsys, below: str) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    target = blocker / below if below else blocker
+    err = _refused(["--section", "1", "--plot", str(target)], capsys)
+    assert err == f"losskit tour: cannot write plots to {target}: {blocker} is not a folder"
+    assert blocker.read_text() == "a file, not a folder"
+
+
+def test_the_writability_probe_leaves_nothing_behind(tmp_path) -> None:
+    target = tmp_path / "new" / "plots"
+    assert tour.plots.unwritable_reason(target) == ""
+    assert list(tmp_path.iterdir()) == []  # the folders are made when the pictures are drawn
+    target.mkdir(parents=True)
+    assert tour.plots.unwritable_reason(target) == ""
+    assert list(target.iterdir()) == []
+
+
+def test_plot_folder_failing_while_drawing_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    def full(tour_, directory):
+        raise OSError(28, "No space left on device", str(directory / "loss_shapes.png"))
+
+    monkeypatch.setattr(tour.command, "draw_pictures", full)
+    code, out = run_main(["--section", "1", "--plot", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "[PASS] sum == mean x 6" in out
+    assert err == f"losskit tour: cannot write plots to {tmp_path}: No space left on device\n"
 
 
 def test_section_runs_one_step() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 
 import losskit
 
-from .plots import draw_pictures
+from .plots import draw_pictures, unwritable_reason
 from .report import DEMO_EXTRA, DIGITS_EPOCHS, STEPS, Tour, missing_demo_modules
 
 
@@ -36,8 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cannot_write(directory: Path, reason: str) -> int:
+    print(f"losskit tour: cannot write plots to {directory}: {reason}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.plot is not None:  # before the steps: not a traceback after the work
+        reason = unwritable_reason(args.plot)
+        if reason:
+            return _cannot_write(args.plot, reason)
     tour = Tour(seed=args.seed, quiet=args.quiet, epochs=args.epochs)
     start = time.perf_counter()
     tour.say(
@@ -56,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         for number in [args.section] if args.section else sorted(STEPS):
             STEPS[number][1](tour)
         if args.plot is not None:
-            draw_pictures(tour, args.plot)
+            try:
+                draw_pictures(tour, args.plot)
+            except OSError as exc:  # the folder went away or filled up while the steps ran
+                return _cannot_write(args.plot, exc.strerror or str(exc))
     finally:
         torch.use_deterministic_algorithms(deterministic)
     failed = [c for c in tour.claims if not c.ok]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -138,6 +140,26 @@ def plot_confusion(confusion: Tensor, path: Path) -> Path:
     fig.colorbar(image, ax=ax, shrink=0.8, label="images")
     fig.savefig(path, dpi=110)
     return path
+
+
+def unwritable_reason(directory: Path) -> str:
+    """'' when the PNGs can be written into ``directory``, else why not; leaves no trace.
+
+    Finds the nearest folder of ``directory`` that exists (itself or a parent) and creates, then
+    removes, an empty folder in it: the test that also catches a read-only file system, or
+    permissions that deny this user, which a look at the mode bits would miss. The folders
+    themselves are made only when the pictures are drawn.
+    """
+    try:
+        existing = directory
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is not a folder"
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".losskit-probe-"))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
 
 
 def draw_pictures(tour: Tour, directory: Path) -> list[Path]:
