@@ -11,7 +11,9 @@ a :class:`Spec` (its implementations and defaults); this module gives it:
 - :func:`device_line`, the first line a run prints;
 - per input, :func:`time_group` (build every implementation, time them together) and
   :func:`measure_each` (the memory figure of each one that ran);
-- :func:`write_outputs`: the CSV and chart under ``--out``.
+- :func:`write_outputs`: the CSV and chart under ``--out``;
+- :class:`Goal` and :func:`goals_status`: the goals a run prints and the exit status they give
+  under ``--check`` (:func:`add_check_option`), the one rule of every ``losskit bench`` command.
 
 Timing, memory, the table and the files themselves are in :mod:`losskit.bench._common`.
 """
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 import argparse
 import platform
-from collections.abc import Callable, Collection
+import sys
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +120,17 @@ def add_options(
         "--out", type=Path, default=None, help=f"folder for {spec.name}.csv and {spec.name}.png"
     )
     parser.add_argument("--quick", action="store_true", help=quick_help)
+    add_check_option(parser)
+
+
+def add_check_option(parser: argparse.ArgumentParser) -> None:
+    """``--check``: every ``losskit bench`` command takes it (see :func:`goals_status`)."""
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when a goal this run prints is missed, naming it (default: print the goals "
+        "and exit 0)",
+    )
 
 
 def settings(args: argparse.Namespace, spec: Spec) -> Settings | None:
@@ -241,3 +255,58 @@ def write_outputs(
     if out is not None:
         meta = {"bench": spec.name, "device": run.device.type, "dtype": run.dtype_name}
         C.write_outputs(rows, out, spec.name, meta, floors_s)
+
+
+# --------------------------------------------------------------------------------------------
+# goals and --check
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One goal a bench prints: what it asks, what this run measured, and whether it was met."""
+
+    what: str  # e.g. "losskit default (N=4096 D=1024 V=32000 float32 cpu): <= 1.15x GEMMs"
+    measured: str  # e.g. "1.082x, 59 MiB beyond gradients"
+    met: bool
+
+    def __str__(self) -> str:
+        return f"goal {self.what}: {self.measured} -> {'met' if self.met else 'MISSED'}"
+
+
+def goals_status(
+    name: str,
+    goals: Sequence[Goal],
+    *,
+    check: bool,
+    print_met: bool = True,
+    none_because: str = "",
+    file=None,
+) -> int:
+    """Print the goals of a run of ``losskit bench <name>``; return the exit status they give.
+
+    Every goal's line is printed (with ``print_met=False`` only the missed ones, after a count:
+    for benches with many goals and their own table). The rule, for every bench: without
+    ``check`` the status is 0 whatever was missed (the goals are a report); with ``check`` it is
+    1 when any goal was missed, and the missed ones are named again on the last line, else 0.
+    ``none_because`` says why a run has no goals at all (a device or shape without one).
+    """
+    out = file or sys.stdout
+    missed = [g for g in goals if not g.met]
+    if not print_met and goals:
+        print(f"goals: {len(goals) - len(missed)} of {len(goals)} met", file=out)
+    for goal in goals if print_met else missed:
+        print(goal, file=out)
+    if not check:
+        return 0
+    prefix = f"losskit bench {name} --check"
+    if not goals:
+        why = f" ({none_because})" if none_because else ""
+        print(f"{prefix}: this run prints no goals{why}; nothing to miss", file=out)
+        return 0
+    if missed:
+        names = "; ".join(g.what for g in missed)
+        print(f"{prefix}: {len(missed)} of {len(goals)} goals MISSED: {names}", file=out)
+        return 1
+    print(f"{prefix}: all {len(goals)} goals met", file=out)
+    return 0

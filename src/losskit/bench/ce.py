@@ -16,6 +16,10 @@ Implementations, all in one run on the same inputs (peers only when importable, 
 Columns: median and min ms, extra MiB (peak above the inputs, including the gradient), the ratio
 to the floor (one read of the logits and one write of their gradient at the device copy speed
 measured in the same run) and to torch eager.
+
+Goals printed at the end (:data:`GOALS`, those of ``benchmarks/gpu_ce_kernel.py``): on CUDA in
+bfloat16, losskit fused <= 1.25x the floor at 8192 x 128256 and 4096 x 256000, <= 1.15x at
+16384 x 32000. Other devices and shapes have none; ``--check`` exits 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ IMPLS = {
     "liger": "liger cross_entropy",
 }
 BASELINE = IMPLS["torch"]
+#: (device, dtype, N, V) -> the most ``losskit fused`` may take, as a multiple of the floor
+GOALS = {
+    ("cuda", "bfloat16", 8192, 128256): 1.25,
+    ("cuda", "bfloat16", 4096, 256000): 1.25,
+    ("cuda", "bfloat16", 16384, 32000): 1.15,
+}
 SPEC = cmd.Spec(
     name="ce",
     impls=IMPLS,
@@ -234,6 +244,22 @@ def _measure_memory(
             result.error = C.describe_error(exc)
 
 
+def goals(rows: list[dict[str, object]], cfg: cmd.Settings) -> list[cmd.Goal]:
+    """The :data:`GOALS` of the shapes this run timed ``losskit fused`` on."""
+    out = []
+    for n, v in cfg.shapes:
+        limit = GOALS.get((cfg.device.type, cfg.dtype_name, n, v))
+        group = f"N={n} V={v} {cfg.dtype_name} {cfg.device.type}"
+        row = next((r for r in rows if r["group"] == group and r["impl"] == IMPLS["fused"]), None)
+        if limit is None or row is None:
+            continue
+        ratio = row["x_floor"]
+        measured = "not timed: " + str(row["note"]) if ratio is None else f"{ratio:.3f}x floor"
+        what = f"{row['impl']} ({group}): <= {limit}x floor"
+        out.append(cmd.Goal(what, measured, ratio is not None and ratio <= limit))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = cmd.settings(args, SPEC)
     if cfg is None:
@@ -280,4 +306,10 @@ def run(args: argparse.Namespace) -> int:
             "gradient"
         )
     cmd.write_outputs(rows, args.out, SPEC, cfg, floors)
-    return 0
+    return cmd.goals_status(
+        SPEC.name,
+        goals(rows, cfg),
+        check=args.check,
+        none_because="goals are set for losskit fused on cuda, bfloat16, at "
+        + ", ".join(f"{n}x{v}" for _, _, n, v in GOALS),
+    )

@@ -264,6 +264,29 @@ def _memory_line(device: torch.device, memory: str, grad_bytes: dict[str, int]) 
     return f"MiB beyond grads: {how}, minus the returned dX and dW ({grads})"
 
 
+def goals(rows: list[dict[str, object]], device: str) -> list[cmd.Goal]:
+    """The :data:`GOALS` of the implementations in ``rows`` that were timed on ``device``."""
+    out = []
+    for row in rows:
+        key = next((k for k, name in IMPLS.items() if name == row["impl"]), None)
+        goal = GOALS.get((device, key))
+        ratio = row["x_floor"]
+        if goal is None or ratio is None:
+            continue
+        beyond = row["extra_mib"]
+        ok_t = ratio <= goal[0]
+        ok_m = beyond is None or beyond <= goal[1]
+        mem = "memory not measured" if beyond is None else f"{beyond:.0f} MiB beyond gradients"
+        out.append(
+            cmd.Goal(
+                f"{row['impl']} ({row['group']}): <= {goal[0]}x GEMMs and <= {goal[1]:g} MiB",
+                f"{ratio:.3f}x, {mem}",
+                ok_t and ok_m,
+            )
+        )
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = cmd.settings(args, SPEC)
     if cfg is None:
@@ -308,18 +331,13 @@ def run(args: argparse.Namespace) -> int:
         row["warm_mib"] = warm_mib.get((str(row["group"]), str(row["impl"])))
     C.print_table(rows, baseline=BASELINE, floor_label="GEMMs", memory_label="MiB beyond grads")
     print("\n" + _memory_line(cfg.device, cfg.memory, grad_bytes))
-    for row in rows:
-        key = next((k for k, name in IMPLS.items() if name == row["impl"]), None)
-        goal = GOALS.get((cfg.device.type, key))
-        if goal is None or row["x_floor"] is None:
-            continue
-        beyond = row["extra_mib"]
-        ok_t = row["x_floor"] <= goal[0]
-        ok_m = beyond is None or beyond <= goal[1]
-        mem = "memory not measured" if beyond is None else f"{beyond:.0f} MiB beyond gradients"
-        print(
-            f"goal {row['impl']} ({row['group']}): <= {goal[0]}x GEMMs and <= {goal[1]:g} MiB: "
-            f"{row['x_floor']:.3f}x, {mem} -> {'met' if ok_t and ok_m else 'MISSED'}"
-        )
+    status = cmd.goals_status(
+        SPEC.name,
+        goals(rows, cfg.device.type),
+        check=args.check,
+        none_because="goals are set for "
+        + ", ".join(f"{IMPLS[k]} on {d}" for d, k in GOALS)
+        + " only",
+    )
     cmd.write_outputs(rows, args.out, SPEC, cfg, floors)
-    return 0
+    return status

@@ -13,7 +13,9 @@ Reported per method: forward+backward times (each round's slowest rank), and the
 that one rank hands to the collectives, counted from the collectives actually issued (the worker
 wraps ``torch.distributed``'s functions), next to the bytes a ring algorithm sends for them and
 the analytic count of ``docs/distributed.md``. Both methods' losses must agree (exit code 1 if
-not). ``--out DIR`` writes ``vocab_parallel.csv`` (times) and ``vocab_parallel_bytes.csv``.
+not). Goals printed at the end: each method hands the collectives the bytes per row of that
+count (``--check`` exits 1 when one does not). ``--out DIR`` writes ``vocab_parallel.csv``
+(times) and ``vocab_parallel_bytes.csv``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from . import _command as cmd
 from . import _common as C
 
 GATHER = "all-gather + CE"
@@ -71,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=600.0, help="seconds before the processes are killed"
     )
     parser.add_argument("--quick", action="store_true", help="small default shape, 3 repeats")
+    cmd.add_check_option(parser)
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,6 +289,17 @@ def measure(
     return rows
 
 
+def goals(rows: list[dict]) -> list[cmd.Goal]:
+    """Each method hands the collectives the bytes per row of docs/distributed.md's count."""
+    out = []
+    for r in rows:
+        handed, analytic = r["handed_bytes_per_row"], r["analytic_bytes_per_row"]
+        met = math.isclose(handed, analytic, rel_tol=1e-9)
+        what = f"{r['impl']} hands {analytic:.2f} B/row (docs/distributed.md)"
+        out.append(cmd.Goal(what, f"{handed:.2f} B/row", met))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """``losskit bench vocab-parallel``: print the comparison tables (and write CSV)."""
     n, v = args.shape or (QUICK_SHAPE if args.quick else DEFAULT_SHAPE)
@@ -338,7 +353,8 @@ def run(args: argparse.Namespace) -> int:
                 writer.writerow({"n": n, "v": v, "world": args.world, "dtype": args.dtype,
                                  **{k: r[k] for k in fields}})  # fmt: skip
         print(f"wrote {args.out / 'vocab_parallel.csv'} and vocab_parallel_bytes.csv")
-    return 0 if agree else 1
+    status = cmd.goals_status("vocab-parallel", goals(rows), check=args.check)
+    return status if agree else 1
 
 
 def main(argv: list[str] | None = None) -> int:
