@@ -1,10 +1,11 @@
-"""``losskit bench``: side-by-side benchmarks (``ce``, ``lce``, ``vocab-parallel``).
+"""``losskit bench``: side-by-side benchmarks (``ce``, ``lce``, ``vocab-parallel``, ``overhead``).
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``,
 imported only when asked for. Timing, memory, the floor and the output formats are shared in
 :mod:`losskit.bench._common`; the options and the per-input loop of the benches that compare
-implementations side by side (``ce``, ``lce``) in :mod:`losskit.bench._command`. Performance
-figures belong here and in ``benchmarks/``, never in the test suite.
+implementations side by side (``ce``, ``lce``) in :mod:`losskit.bench._command`, which also holds
+the one rule of ``--check`` (every subcommand takes it: exit 1 when a goal the run prints is
+missed). Performance figures belong here and in ``benchmarks/``, never in the test suite.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ COMMANDS = {
     "vocab-parallel": (
         "losskit.bench.vocab_parallel",
         "vocabulary-parallel cross-entropy against gathering the logits",
+    ),
+    "overhead": (
+        "losskit.bench.overhead",
+        "each loss against torch's on small inputs, validate on and off",
     ),
 }
 
