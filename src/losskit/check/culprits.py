@@ -87,3 +87,51 @@ def explain_graph(subject: Subject) -> str:
         key = hit.split(" ", 1)[0]
         reasons.append(f"{GRAPH_CULPRITS[key]} [{hit.split(' ', 1)[1].strip('()')}]")
     return "likely cause: " + "; ".join(reasons)
+
+
+def custom_functions(out, limit: int = 100_000) -> list[type]:
+    """The ``torch.autograd.Function`` classes in the graph of ``out``, in the order met."""
+    found: list[type] = []
+    seen: set[int] = set()
+    stack = [getattr(out, "grad_fn", None)]
+    keep = []  # the nodes visited, alive while their ids are in ``seen``
+    while stack and len(seen) < limit:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        keep.append(node)
+        cls = getattr(node, "_forward_cls", None)
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+        stack.extend(next_node for next_node, _ in getattr(node, "next_functions", ()))
+    return found
+
+
+def _where(fn: Callable) -> str:
+    fn = inspect.unwrap(getattr(fn, "__func__", fn))
+    try:
+        _, start = inspect.getsourcelines(fn)
+        return f"{os.path.basename(inspect.getsourcefile(fn) or '?')}:{start}"
+    except (OSError, TypeError):
+        return "source not found"
+
+
+def explain_double_backward(functions: Sequence[type]) -> str:
+    """Why a gradient has a wrong gradient: the backward of a custom ``autograd.Function``
+    that leaves autograd (named, with its line), or that is not differentiable."""
+    if not functions:
+        return ""
+    backwards = [cls.backward for cls in functions]
+    hits = scan(backwards, tuple(GRAPH_CULPRITS))
+    if hits:
+        reasons = []
+        for hit in hits:
+            key, where = hit.split(" ", 1)
+            reasons.append(f"{GRAPH_CULPRITS[key]} [{where.strip('()')}]")
+        return "likely cause, in a custom autograd.Function's backward: " + "; ".join(reasons)
+    named = ", ".join(f"{cls.__name__}.backward [{_where(cls.backward)}]" for cls in functions)
+    return (
+        f"the loss's custom autograd.Function ({named}) must build its gradient from "
+        "differentiable torch ops, or declare it with @once_differentiable"
+    )

@@ -1,16 +1,31 @@
-"""The properties about gradients: the autograd graph reaches the input, and
-``torch.autograd.gradcheck`` passes in float64."""
+"""The properties about gradients: the autograd graph reaches the input,
+``torch.autograd.gradcheck`` passes in float64, and so does the gradient of the gradient
+(``torch.autograd.gradgradcheck``), unless the loss declares itself once-differentiable."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from .culprits import explain_graph
-from .report import PropertyResult
+from .culprits import custom_functions, explain_double_backward, explain_graph
+from .report import PropertyResult, whole_sentences
 from .subject import Subject, clone
+
+#: above this many input elements, gradcheck runs in fast mode (random projections)
+FAST_MODE_ELEMENTS = 512
+#: the same for gradgradcheck, whose slow mode takes a double backward per input element
+FAST_MODE_ELEMENTS_SECOND = 32
+
+
+def _declared_once_differentiable(message: str) -> bool:
+    """torch's words for a second derivative declared absent (not wrong): a backward marked
+    ``@once_differentiable``, or an op whose backward has no derivative in torch."""
+    if "marked with @once_differentiable" in message:
+        return True
+    return message.startswith("derivative for ") and message.endswith("is not implemented")
 
 
 def _as_float64(args: Sequence, grad_index: Sequence[int]) -> list:
@@ -24,13 +39,58 @@ def _as_float64(args: Sequence, grad_index: Sequence[int]) -> list:
     return out
 
 
+def _float64_loss(
+    subject: Subject, args: Sequence, grad_index: Sequence[int]
+) -> tuple[Callable, tuple[Tensor, ...], str | None]:
+    """The loss in float64 (``'sum'`` where it takes a reduction) as a function of the inputs
+    to differentiate, those inputs, and the reduction."""
+    reduction = "sum" if subject.takes_reduction else None
+    base = _as_float64(args, grad_index)
+    leaves = [i for i in grad_index if isinstance(base[i], Tensor) and base[i].requires_grad]
+    module = subject.module_with(reduction, torch.float64) if subject.is_module else None
+
+    def f(*xs):
+        full = list(base)
+        for i, x in zip(leaves, xs, strict=True):
+            full[i] = x
+        if module is not None:
+            return module(*full, **subject.kwargs)
+        return subject.call(full, reduction)
+
+    return f, tuple(base[i] for i in leaves), reduction
+
+
+def _directions(xs: Sequence[Tensor], seed: int) -> list[Tensor]:
+    gen = torch.Generator().manual_seed(seed + 1)
+    return [torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.device) for x in xs]
+
+
+def _short_tensors():
+    """torch prints the Jacobians in a gradcheck message summarized, each on one line."""
+    options = getattr(torch._tensor_str, "printoptions", None)
+    if options is None:
+        return contextlib.nullcontext()
+    return options(threshold=12, edgeitems=2, linewidth=100_000, precision=4)
+
+
+def _how(reduction: str | None, fast: bool) -> str:
+    parts = [f"reduction={reduction!r}"] if reduction else []
+    parts += ["fast mode"] if fast else []
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _failure(tool: str, exc: Exception) -> str:
+    text = whole_sentences(str(exc)) or type(exc).__name__
+    return f"torch.autograd.{tool} failed: {text}"
+
+
 def prop_graph(subject: Subject, args: Sequence, grad_index: Sequence[int]) -> PropertyResult:
     name = "autograd graph"
     inputs = clone(args, grad_index)
     try:
         out = subject.call(inputs)
     except Exception as exc:  # e.g. .numpy() on a tensor that requires grad
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        msg = whole_sentences(str(exc))
         return PropertyResult(
             name,
             False,
@@ -82,23 +142,9 @@ def prop_gradcheck(
     subject: Subject, args: Sequence, grad_index: Sequence[int], seed: int
 ) -> PropertyResult:
     name = "gradcheck (float64)"
-    reduction = "sum" if subject.takes_reduction else None
-    base = _as_float64(args, grad_index)
-    leaves = [i for i in grad_index if isinstance(base[i], Tensor) and base[i].requires_grad]
-    module = subject.module_with(reduction, torch.float64) if subject.is_module else None
-
-    def f(*xs):
-        full = list(base)
-        for i, x in zip(leaves, xs, strict=True):
-            full[i] = x
-        if module is not None:
-            return module(*full, **subject.kwargs)
-        return subject.call(full, reduction)
-
-    xs = tuple(base[i] for i in leaves)
+    f, xs, reduction = _float64_loss(subject, args, grad_index)
     # a discrepancy to report: one random directional derivative against central differences
-    gen = torch.Generator().manual_seed(seed + 1)
-    vs = [torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.device) for x in xs]
+    vs = _directions(xs, seed)
     out = f(*xs)
     if isinstance(out, Tensor) and out.requires_grad:
         grads = torch.autograd.grad(out.sum(), xs, allow_unused=True)
@@ -115,16 +161,84 @@ def prop_gradcheck(
             (torch.as_tensor(hi).double() - torch.as_tensor(lo).double()).sum() / (2 * h)
         )
     disc = abs(analytic - numeric) / max(1.0, abs(numeric))
+    fast = sum(x.numel() for x in xs) > FAST_MODE_ELEMENTS
     try:
-        torch.autograd.gradcheck(f, xs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True)
+        with _short_tensors():
+            torch.autograd.gradcheck(
+                f, xs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, fast_mode=fast
+            )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return PropertyResult(name, False, disc, f"torch.autograd.gradcheck failed: {first}")
+        return PropertyResult(name, False, disc, _failure("gradcheck", exc))
+    return PropertyResult(
+        name, True, disc, "analytic and numerical Jacobians agree" + _how(reduction, fast)
+    )
+
+
+def _first_gradient(f: Callable, xs: Sequence[Tensor]) -> list[Tensor]:
+    """The gradient of ``f(xs).sum()``, zeros where an input is unused (no graph kept)."""
+    xs = [x.detach().requires_grad_(True) for x in xs]
+    out = f(*xs)
+    if not (isinstance(out, Tensor) and out.requires_grad):
+        return [torch.zeros_like(x) for x in xs]
+    grads = torch.autograd.grad(out.sum(), xs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, xs, strict=True)]
+
+
+def prop_double_backward(
+    subject: Subject, args: Sequence, grad_index: Sequence[int], seed: int
+) -> PropertyResult:
+    """The gradient of the gradient, in float64: a Hessian-vector product through autograd
+    (``create_graph=True``) against central differences of the first gradient, and
+    ``torch.autograd.gradgradcheck``; skipped when the loss declares it has none."""
+    name = "double backward (float64)"
+    f, xs, reduction = _float64_loss(subject, args, grad_index)
+    out = f(*xs)
+    if not xs or not (isinstance(out, Tensor) and out.requires_grad):
+        return PropertyResult(
+            name,
+            True,
+            skipped=True,
+            detail="not run: the loss has no gradient (see autograd graph)",
+        )
+    vs = _directions(xs, seed)
+    # H v through autograd: backward of <grad, v>. The output's weight requires grad, as in
+    # gradgradcheck, so a once-differentiable backward leaves its error node in the graph;
+    # backward() without inputs runs every node, and so reaches that error
+    weight = torch.ones_like(out, requires_grad=True)
+    grads = torch.autograd.grad(out, xs, weight, create_graph=True, allow_unused=True)
+    inner = sum((g * v).sum() for g, v in zip(grads, vs, strict=True) if g is not None)
+    try:
+        if isinstance(inner, Tensor) and inner.requires_grad:
+            torch.autograd.backward(inner)
+    except RuntimeError as exc:
+        text = whole_sentences(str(exc))
+        if _declared_once_differentiable(text):
+            return PropertyResult(name, True, skipped=True, detail=f"once-differentiable: {text}")
+        raise
+    # a copy: a zero second derivative may come as torch's efficient zero tensor, whose
+    # arithmetic would import torch._dynamo (seconds)
+    hvp = [torch.zeros_like(x) if x.grad is None else x.grad.detach().clone() for x in xs]
+    h = 1e-6
+    hi = _first_gradient(f, [x + h * v for x, v in zip(xs, vs, strict=True)])
+    lo = _first_gradient(f, [x - h * v for x, v in zip(xs, vs, strict=True)])
+    numeric = [(a - b) / (2 * h) for a, b in zip(hi, lo, strict=True)]
+    scale = max([1.0] + [float(n.abs().max()) for n in numeric if n.numel()])
+    worst = [float((a - n).abs().max()) for a, n in zip(hvp, numeric, strict=True) if n.numel()]
+    disc = max([0.0] + worst) / scale
+    fast = sum(x.numel() for x in xs) > FAST_MODE_ELEMENTS_SECOND
+    try:
+        with _short_tensors():
+            torch.autograd.gradgradcheck(
+                f, xs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, fast_mode=fast
+            )
+    except Exception as exc:
+        why = explain_double_backward(custom_functions(out))
+        detail = _failure("gradgradcheck", exc) + (f"; {why}" if why else "")
+        return PropertyResult(name, False, disc, detail)
     return PropertyResult(
         name,
         True,
         disc,
-        f"analytic and numerical Jacobians agree (reduction={reduction!r})"
-        if reduction
-        else "analytic and numerical Jacobians agree",
+        "the Hessian-vector product matches central differences of the gradient"
+        + _how(reduction, fast),
     )

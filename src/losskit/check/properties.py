@@ -18,6 +18,14 @@ from .subject import Subject, clone
 
 _CLASSIFICATION = ("cross_entropy", "focal_loss", "nll_loss")
 _CLASSIFICATION_MODULES = ("CrossEntropyLoss", "FocalLoss", "NLLLoss")
+#: losses whose 'none' holds one value per row (per sample): () for an unbatched input
+_PER_ROW = (
+    "cosine_embedding_loss",
+    "multilabel_margin_loss",
+    "multilabel_soft_margin_loss",
+    "triplet_margin_loss",
+    "triplet_margin_with_distance_loss",
+)
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -44,10 +52,26 @@ def _close(a: Tensor, b: Tensor, atol: float, rtol: float) -> bool:
     )
 
 
+def _broadcast(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The broadcast shape (``torch.broadcast_shapes`` would import sympy: a second or more)."""
+    ndim = max(len(shape) for shape in shapes)
+    out = []
+    for dims in zip(*[(1,) * (ndim - len(shape)) + shape for shape in shapes], strict=True):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1:
+            raise ValueError(f"the examples' shapes {shapes} do not broadcast (pass none_shape=)")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
 def _none_shape(subject: Subject, args: Sequence, none_shape) -> tuple[int, ...]:
     if none_shape is not None:
         return tuple(none_shape)
     input, target = args[0], args[1] if len(args) > 1 else None
+    if subject.function_name in _PER_ROW:
+        return () if input.dim() == 1 else (input.shape[0],)
+    if subject.function_name == "ctc_loss":  # log_probs (T, N, C) or unbatched (T, C)
+        return () if input.dim() == 2 else (input.shape[1],)
     if isinstance(target, Tensor) and not target.is_floating_point():  # class indices
         return tuple(target.shape)
     classification = (
@@ -56,7 +80,7 @@ def _none_shape(subject: Subject, args: Sequence, none_shape) -> tuple[int, ...]
     )
     if classification:
         return () if input.dim() == 1 else (input.shape[0], *input.shape[2:])
-    return tuple(torch.broadcast_shapes(*[a.shape for a in args if isinstance(a, Tensor)]))
+    return _broadcast([tuple(a.shape) for a in args if isinstance(a, Tensor)])
 
 
 def _count(subject: Subject, args: Sequence, shape: tuple[int, ...]) -> Tensor:
@@ -93,8 +117,26 @@ def prop_call(subject: Subject, args: Sequence) -> PropertyResult:
             detail=f"returns {type(out).__name__}, expected a torch.Tensor; "
             + explain_graph(subject),
         )
-    what = "a 0-dim tensor" if out.dim() == 0 else f"shape {_shape(out.shape)}"
-    return PropertyResult("call", True, detail=f"returns {what}, {out.dtype}")
+    if out.dim() == 0:
+        return PropertyResult("call", True, detail=f"returns a 0-dim tensor, {out.dtype}")
+    shape = _shape(out.shape)
+    if subject.call_reduction == "none":  # asked for: one loss per position
+        return PropertyResult(
+            "call", True, detail=f"returns shape {shape}, {out.dtype} (reduction='none')"
+        )
+    if out.numel() == 1:
+        why = "as torch's losses do: drop keepdim=True, or .squeeze() the result"
+    else:
+        why = (
+            "loss.backward() on it fails (grad can be implicitly created only for scalar "
+            "outputs); reduce it, e.g. with .mean(), or take a reduction argument"
+        )
+    return PropertyResult(
+        "call",
+        False,
+        detail=f"returns shape {shape}, but a loss's default call must return a 0-dim scalar: "
+        + why,
+    )
 
 
 def prop_untouched(subject: Subject, args: Sequence) -> PropertyResult:
@@ -181,9 +223,11 @@ def _function_options(fn: Callable, module: nn.Module) -> dict:
     }
 
 
-def _split_options(module_cls: type, kwargs: dict) -> tuple[dict, dict]:
-    """Split a function's keyword arguments into the Module's constructor and forward ones."""
-    forward = inspect.signature(module_cls.forward).parameters
+def _split_options(module_cls: type, kwargs: dict, n_inputs: int) -> tuple[dict, dict]:
+    """Split a function's keyword arguments into the Module's constructor and forward ones;
+    the forward's first ``n_inputs`` parameters are the inputs (``PoissonNLLLoss.forward``
+    calls its input ``log_input``, also the name of an option)."""
+    forward = list(inspect.signature(module_cls.forward).parameters)[1 + n_inputs :]
     init = inspect.signature(module_cls.__init__).parameters
     init_any = any(p.kind is p.VAR_KEYWORD for p in init.values())
     to_init = {k: v for k, v in kwargs.items() if k not in forward and (k in init or init_any)}
@@ -203,7 +247,7 @@ def prop_twin(subject: Subject, args: Sequence, atol: float, rtol: float) -> Pro
         fn = subject.twin
     else:
         # the function's options configure the Module; what its forward takes goes there
-        init_kwargs, forward_kwargs = _split_options(subject.twin, subject.kwargs)
+        init_kwargs, forward_kwargs = _split_options(subject.twin, subject.kwargs, len(args))
         default = subject.twin(**init_kwargs)
 
         def module_of(r):

@@ -4,8 +4,32 @@
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from dataclasses import dataclass, field
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def whole_sentences(text: str, limit: int = 400) -> str:
+    """``text`` on one line, cut only between sentences: as many whole sentences as fit in
+    ``limit`` characters, and always the first one whole, however long."""
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    sentences = _SENTENCE_END.split(flat)
+    kept = sentences[0]
+    for sentence in sentences[1:]:
+        if len(kept) + 1 + len(sentence) > limit:
+            break
+        kept = f"{kept} {sentence}"
+    return kept
+
+
+def error_text(exc: BaseException) -> str:
+    """``"raised RuntimeError: <message>"``, the message in whole sentences."""
+    msg = whole_sentences(str(exc))
+    return f"raised {type(exc).__name__}: {msg}" if msg else f"raised {type(exc).__name__}"
 
 
 @dataclass

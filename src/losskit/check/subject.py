@@ -1,5 +1,6 @@
 """The loss under test: how :func:`losskit.check` calls it (with a reduction, a dtype, extra
-keyword arguments), finds its twin, and copies the example inputs for each call."""
+keyword arguments), finds its twin (losskit's ``Module.function``, torch's ``torch.nn`` Module and
+``torch.nn.functional`` pairs), and copies the example inputs for each call."""
 
 from __future__ import annotations
 
@@ -8,9 +9,35 @@ import inspect
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from .. import nn as lnn
+
+#: torch's loss Modules and their functions in ``torch.nn.functional``
+TORCH_TWINS = {
+    "BCELoss": "binary_cross_entropy",
+    "BCEWithLogitsLoss": "binary_cross_entropy_with_logits",
+    "CTCLoss": "ctc_loss",
+    "CosineEmbeddingLoss": "cosine_embedding_loss",
+    "CrossEntropyLoss": "cross_entropy",
+    "GaussianNLLLoss": "gaussian_nll_loss",
+    "HingeEmbeddingLoss": "hinge_embedding_loss",
+    "HuberLoss": "huber_loss",
+    "KLDivLoss": "kl_div",
+    "L1Loss": "l1_loss",
+    "MSELoss": "mse_loss",
+    "MarginRankingLoss": "margin_ranking_loss",
+    "MultiLabelMarginLoss": "multilabel_margin_loss",
+    "MultiLabelSoftMarginLoss": "multilabel_soft_margin_loss",
+    "MultiMarginLoss": "multi_margin_loss",
+    "NLLLoss": "nll_loss",
+    "PoissonNLLLoss": "poisson_nll_loss",
+    "SmoothL1Loss": "smooth_l1_loss",
+    "SoftMarginLoss": "soft_margin_loss",
+    "TripletMarginLoss": "triplet_margin_loss",
+    "TripletMarginWithDistanceLoss": "triplet_margin_with_distance_loss",
+}
 
 
 def twinned_modules() -> list[type]:
@@ -18,11 +45,26 @@ def twinned_modules() -> list[type]:
     ``losskit.nn.__all__`` whose ``function`` takes the inputs its ``forward`` takes (not
     ``LinearCrossEntropyLoss``: its function also takes the head's weight)."""
     modules = [getattr(lnn, name) for name in lnn.__all__]
-    return [
-        cls
-        for cls in modules
-        if _inputs(cls.function, 0) == _inputs(cls.forward, 1)  # forward also takes self
-    ]
+    return [cls for cls in modules if _same_inputs(cls.function, cls)]
+
+
+def torch_twins() -> dict[type, Callable]:
+    """torch's loss Modules (exactly these classes, not subclasses) and their functions, as
+    :data:`TORCH_TWINS` names them (``PoissonNLLLoss.forward`` calls its input ``log_input``;
+    ``torch.nn.LinearCrossEntropyLoss`` is absent: its function also takes the head)."""
+    pairs = {}
+    for cls_name, fn_name in TORCH_TWINS.items():
+        cls, fn = getattr(nn, cls_name, None), getattr(TF, fn_name, None)
+        if isinstance(cls, type) and callable(fn):
+            pairs[cls] = fn
+    return pairs
+
+
+def _same_inputs(fn: Callable, cls: type) -> bool:
+    try:
+        return _inputs(fn, 0) == _inputs(cls.forward, 1)  # forward also takes self
+    except (TypeError, ValueError):  # no signature to read
+        return False
 
 
 def _inputs(fn: Callable, start: int) -> list[str]:
@@ -53,6 +95,8 @@ class Subject:
                 has_default = param.default is not param.empty
                 self.default_reduction = param.default if has_default else "mean"
         self.takes_reduction = self.default_reduction is not None
+        #: the reduction of a call without one: ``loss_kwargs['reduction']`` or the default
+        self.call_reduction = kwargs.get("reduction", self.default_reduction)
         self.twin = self._find_twin(functional)
 
     @property
@@ -77,12 +121,17 @@ class Subject:
             if callable(own):
                 return own
             cls = type(self.loss)
-            return cls.function if cls in twinned_modules() else None
+            if cls in twinned_modules():
+                return cls.function
+            return torch_twins().get(cls)
         module_cls = getattr(self.loss, "Module", None)
         if isinstance(module_cls, type) and issubclass(module_cls, nn.Module):
             return module_cls
         for cls in twinned_modules():
             if cls.function is self.loss:
+                return cls
+        for cls, fn in torch_twins().items():
+            if fn is self.loss:
                 return cls
         return None
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from torch import Tensor, nn
 
 from .examples import make_examples
-from .gradients import prop_gradcheck, prop_graph
+from .gradients import prop_double_backward, prop_gradcheck, prop_graph
 from .properties import (
     prop_call,
     prop_compile,
@@ -19,8 +19,22 @@ from .properties import (
     prop_twin,
     prop_untouched,
 )
-from .report import CheckReport, PropertyResult
+from .report import CheckReport, PropertyResult, error_text
 from .subject import Subject, describe
+
+#: the properties :func:`check` verifies, in the order of its report
+PROPERTIES = (
+    "call",
+    "inputs unchanged",
+    "reductions",
+    "sum = mean x count",
+    "autograd graph",
+    "gradcheck (float64)",
+    "double backward (float64)",
+    "module = function",
+    "deterministic",
+    "torch.compile",
+)
 
 
 @contextlib.contextmanager
@@ -34,8 +48,7 @@ def _guard(name: str, fn: Callable[[], PropertyResult]) -> PropertyResult:
     try:
         return fn()
     except Exception as exc:  # a property that raises fails, and says why
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return PropertyResult(name, False, detail=f"raised {type(exc).__name__}: {msg}")
+        return PropertyResult(name, False, detail=error_text(exc))
 
 
 def check(
@@ -60,19 +73,27 @@ def check(
             :func:`make_examples` with shape ``(4, 3)``.
         loss_kwargs: keyword-only; extra keyword arguments for every call (e.g. ``mask``).
         functional: the functional twin of a Module, to compare with (found automatically for
-            losskit's Modules and for :func:`losskit.loss_function` losses).
+            losskit's Modules, for torch's ``torch.nn`` loss Modules and their
+            ``torch.nn.functional`` functions, and for :func:`losskit.loss_function` losses).
         compile: ``True`` (the default ``'inductor'`` backend), a backend name (``'aot_eager'``
             is quick), or ``False`` to skip the ``torch.compile`` property.
         count: the number ``'mean'`` divides by, when it is not the number of positions (a
             weighted mean). Default: positions counted by the target (``ignore_index``) and
             ``loss_kwargs['mask']``.
-        none_shape: the expected shape of the ``'none'`` result. Default: the target's shape
-            for index targets, the positions' shape for losskit's classification losses, else
-            the broadcast shape of the examples.
+        none_shape: the expected shape of the ``'none'`` result. Default: one value per row
+            for per-sample losses (triplet, cosine embedding, multilabel margins), the target's
+            shape for index targets, the positions' shape for classification losses, else the
+            broadcast shape of the examples.
         grad_inputs: the indices of the examples to differentiate. Default ``(0,)``, the input.
-        seed: seeds the examples and the gradcheck direction.
+        seed: seeds the examples and the directions of the gradient checks.
         atol, rtol: tolerances of the equalities (``torch.compile`` gets ten times these).
         quiet: do not print the report.
+
+    The default call (no ``reduction`` given) must return a 0-dim tensor, as ``backward()``
+    needs, unless ``reduction='none'`` was asked for. The double-backward property is skipped
+    when the loss declares itself once-differentiable (a backward marked
+    ``@once_differentiable``, or an op torch gives no second derivative); a wrong second
+    derivative fails it.
 
     Returns:
         A :class:`CheckReport`; ``report.ok`` is True when no property failed, ``report[name]``
@@ -91,20 +112,23 @@ def check(
     with _quiet_warnings():
         first = _guard("call", lambda: prop_call(subject, args))
         report.results.append(first)
-        properties: list[tuple[str, Callable[[], PropertyResult]]] = [
-            ("inputs unchanged", lambda: prop_untouched(subject, args)),
-            ("reductions", lambda: prop_reductions(subject, args, none_shape)),
-            (
-                "sum = mean x count",
-                lambda: prop_sum_mean(subject, args, none_shape, count, atol, rtol),
+        runs: dict[str, Callable[[], PropertyResult]] = {
+            "inputs unchanged": lambda: prop_untouched(subject, args),
+            "reductions": lambda: prop_reductions(subject, args, none_shape),
+            "sum = mean x count": lambda: prop_sum_mean(
+                subject, args, none_shape, count, atol, rtol
             ),
-            ("autograd graph", lambda: prop_graph(subject, args, grad_inputs)),
-            ("gradcheck (float64)", lambda: prop_gradcheck(subject, args, grad_inputs, seed)),
-            ("module = function", lambda: prop_twin(subject, args, atol, rtol)),
-            ("deterministic", lambda: prop_deterministic(subject, args)),
-            ("torch.compile", lambda: prop_compile(subject, args, compile, atol, rtol)),
-        ]
-        for name, run in properties:
+            "autograd graph": lambda: prop_graph(subject, args, grad_inputs),
+            "gradcheck (float64)": lambda: prop_gradcheck(subject, args, grad_inputs, seed),
+            "double backward (float64)": lambda: prop_double_backward(
+                subject, args, grad_inputs, seed
+            ),
+            "module = function": lambda: prop_twin(subject, args, atol, rtol),
+            "deterministic": lambda: prop_deterministic(subject, args),
+            "torch.compile": lambda: prop_compile(subject, args, compile, atol, rtol),
+        }
+        for name in PROPERTIES[1:]:
+            run = runs[name]
             if not first.passed and first.detail.startswith("raised"):
                 report.results.append(
                     PropertyResult(name, True, skipped=True, detail="not run: the call raised")
