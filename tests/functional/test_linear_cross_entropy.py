@@ -109,6 +109,21 @@ def run(fn, x, w, y, kw, upstream=None):
     return [out.detach()] + [leaf.grad for leaf in leaves]
 
 
+def run_z(fn, x, w, y, kw, upstream=None):
+    """``run`` with ``return_z_loss=True``: ``[loss, z_term, *grads]`` (the z term detached)."""
+    box = {}
+
+    def loss_only(*args, **kwargs):
+        loss, box["z"] = fn(*args, **kwargs, return_z_loss=True)
+        return loss
+
+    out = run(loss_only, x, w, y, kw, upstream)
+    z = box["z"]
+    assert not z.requires_grad and z.grad_fn is None, "the z term carries no gradient"
+    assert z.shape == out[0].shape and z.dtype == out[0].dtype
+    return [out[0], z, *out[1:]]
+
+
 def widen(kw):
     return {
         k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
@@ -200,9 +215,12 @@ def test_fused_matches_reference_float32(plan, feature, reduction):
         opts.pop("normalizer", None)
     x, w, y, kw = make_case(n, d, v, reduction=reduction, **opts)
     up = None if reduction != "none" else torch.rand(n) + 0.5
-    ours = run(fused, x, w, y, {**kw, **plan_kw}, up)
+    # the fused call also returns its z term: that changes neither the loss nor its gradients
+    ours = run_z(fused, x, w, y, {**kw, **plan_kw}, up)
     ref = run(reference, x, w, y, kw, up)
-    assert_close_f32(ours, ref, f"{plan}/{feature}/{reduction}")
+    with torch.no_grad():
+        ref_z = reference(x, w, y, **kw, return_z_loss=True)[1]
+    assert_close_f32(ours, [ref[0], ref_z, *ref[1:]], f"{plan}/{feature}/{reduction}")
 
 
 @settings(max_examples=30, deadline=None)
@@ -314,6 +332,121 @@ def test_float16_error_budget_and_power_of_two_upstream():
     lowp = run(reference, x, w, y, kw, up)
     truth = run(reference, x.double(), w.double(), y, widen(kw), up.double())
     assert_budget(ours, lowp, truth, "fp16")
+
+
+# --------------------------------------------------------------------------------------------
+# return_z_loss, and the rule of its 'mean' under class weights
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("plan", ["default", "tiled"])
+def test_z_term_bfloat16_error_budget(plan, reduction):
+    x, w, y, kw = make_case(
+        512, 64, 2048, torch.bfloat16, scale=4.0, **FEATURES["everything"], reduction=reduction
+    )
+    up = None if reduction == "mean" else torch.rand(512) + 0.5
+    ours = run_z(fused, x, w, y, {**kw, **LOWP_PLANS[plan]}, up)
+    lowp = run_z(reference, x, w, y, kw, up)
+    truth = run_z(
+        reference, x.double(), w.double(), y, widen(kw), None if up is None else up.double()
+    )
+    assert_budget(ours, lowp, truth, f"bf16 z term {plan}/{reduction}")
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_z_term_mean_divides_by_the_summed_weights_not_the_token_count(impl):
+    # losskit: z = sum_n c lse_n^2 / sum_n w_{y_n}; Liger-Kernel: the same sum / (kept tokens)
+    x, w, y, kw = make_case(40, 8, 60, weight=True, ignore=True, mask=True, scale=3.0)
+    c = 0.05
+    cw = kw["weight"] * 2.0  # summed weights about twice the token count: the rules differ
+    x64, w64 = x.double(), w.double()
+    logits = x64 @ w64.T
+    kept = (y != -100) & kw["mask"]
+    lse2 = torch.logsumexp(logits, 1)[kept].square()
+    w_y = cw.double()[y[kept]]
+    ours_z = c * lse2.sum() / w_y.sum()
+    liger_z = c * lse2.sum() / kept.sum()
+    ce = F.cross_entropy(logits[kept], y[kept], cw.double())  # the weighted mean, both agree
+    expected_gap = c * lse2.sum() * (1 / w_y.sum() - 1 / kept.sum())
+    assert float(expected_gap.abs()) > 0.3 * float(ours_z)
+
+    def total(rule):  # the whole loss as a plain-torch expression of (x, W), for its gradients
+        xl = x64.clone().requires_grad_()
+        z = xl @ w64.T
+        lse = torch.logsumexp(z[kept], 1)
+        loss = F.cross_entropy(z[kept], y[kept], cw.double()) + c * lse.square().sum() / rule
+        (grad,) = torch.autograd.grad(loss, xl)
+        return loss.detach(), grad
+
+    call = dict(weight=cw, mask=kw["mask"], z_loss=c, impl=impl)
+    lin = run_z(LF.linear_cross_entropy, x, w, y, {**call, "chunk_size": 16})
+    logits32 = (x @ w.T).requires_grad_()
+    ce_loss, ce_z = LF.cross_entropy(logits32, y, **call, return_z_loss=True)
+    for what, z, loss in (("linear", lin[1], lin[0]), ("cross_entropy", ce_z, ce_loss.detach())):
+        torch.testing.assert_close(z.double(), ours_z, rtol=2e-6, atol=0, msg=what)
+        torch.testing.assert_close((z.double() - liger_z), expected_gap, rtol=2e-5, atol=0)
+        torch.testing.assert_close(loss.double() - ce, ours_z, rtol=2e-5, atol=1e-6, msg=what)
+    # the loss's gradient is that of losskit's rule, and measurably not of Liger's
+    ours_total, ours_grad = total(w_y.sum())
+    _, liger_grad = total(kept.sum())
+    torch.testing.assert_close(lin[0].double(), ours_total, rtol=2e-6, atol=0)
+    torch.testing.assert_close(lin[2].double(), ours_grad, rtol=1e-4, atol=1e-6)
+    assert float((lin[2].double() - liger_grad).abs().max()) > 100 * float(
+        (lin[2].double() - ours_grad).abs().max()
+    )
+
+
+def test_z_term_without_z_loss_all_ignored_and_zero_normalizer():
+    x, w, y, _ = make_case(12, 8, 40, ignore=True)
+    for impl in ("reference", "fused"):
+        loss, z = LF.linear_cross_entropy(x, w, y, impl=impl, return_z_loss=True)
+        assert z.item() == 0.0 and loss.item() > 0.0  # z_loss=0: a zero z term
+        rows = LF.linear_cross_entropy(x, w, y, impl=impl, reduction="none", return_z_loss=True)
+        assert rows[1].shape == y.shape and not rows[1].any()
+        ignored = torch.full((12,), -100)
+        _, z = LF.linear_cross_entropy(x, w, ignored, impl=impl, z_loss=0.1, return_z_loss=True)
+        assert torch.isnan(z)  # the loss's own 0/0, as torch's all-ignored mean
+        _, z = LF.linear_cross_entropy(
+            x, w, y, impl=impl, z_loss=0.1, normalizer=0.0, return_z_loss=True
+        )
+        assert z.item() == 0.0
+    x, w, y, _ = make_case(0, 8, 30)
+    for impl in ("reference", "fused"):
+        kw = dict(impl=impl, z_loss=0.1, reduction="sum", return_z_loss=True)
+        loss, z = LF.linear_cross_entropy(x, w, y, **kw)
+        assert loss.item() == 0.0 and z.item() == 0.0
+
+
+def test_z_term_output_keeps_second_order_gradients():
+    # ignored rows under the default ignore_index=None (-100 for class indices): the
+    # create_graph recompute counts them out as the kernels do
+    x, w, y, kw = make_case(10, 6, 30, weight=True, ignore=True)
+    got = {}
+    for impl in ("fused", "reference"):
+        xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+        loss, z = LF.linear_cross_entropy(
+            xl, wl, y, **kw, z_loss=0.1, impl=impl, chunk_size=4, return_z_loss=True
+        )
+        (gx,) = torch.autograd.grad(loss, xl, create_graph=True)
+        got[impl] = [loss.detach(), z, *torch.autograd.grad(gx.square().sum(), (xl, wl))]
+    assert_close_f32(got["fused"], got["reference"], "create_graph with return_z_loss")
+
+
+def test_module_returns_the_z_term():
+    x, _, y, kw = make_case(30, 16, 70, lead=(2, 15), ignore=True, weight=True)
+    loss = losskit.LinearCrossEntropyLoss(
+        16, 70, weight=kw["weight"], z_loss=1e-2, return_z_loss=True, chunk_size=8
+    )
+    assert "return_z_loss=True" in repr(loss)
+    got, z = loss(x, y)
+    want, want_z = reference(
+        x, loss.linear.weight, y, weight=kw["weight"], z_loss=1e-2, return_z_loss=True
+    )
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(z, want_z)
+    clone = pickle.loads(pickle.dumps(loss))
+    torch.testing.assert_close(clone(x, y)[1], z)
 
 
 # --------------------------------------------------------------------------------------------

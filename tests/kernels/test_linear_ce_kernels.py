@@ -4,7 +4,8 @@ The chunk loop is shared with the CPU path; what differs is the epilogue: the fu
 cross-entropy kernel on whole rows (its ``single``, ``split`` and ``rowloop`` launch plans) and the
 two tile kernels of the vocabulary-tiled plan. Each is run through the full forward and backward
 on tiny shapes and compared with the CPU epilogue (float32: to a tight tolerance) and with the
-float64 reference (bfloat16: the error budget of the functional tests).
+float64 reference (bfloat16: the error budget of the functional tests). With ``return_z_loss``
+the z term (a second output, without a gradient) is compared too.
 """
 
 from __future__ import annotations
@@ -51,7 +52,13 @@ PLANS = {
 FEATURES = {
     "plain": {},
     "everything": dict(
-        weight=True, mask=True, label_smoothing=0.1, z_loss=1e-2, softcap=2.5, bias=True
+        weight=True,
+        mask=True,
+        label_smoothing=0.1,
+        z_loss=1e-2,
+        softcap=2.5,
+        bias=True,
+        return_z_loss=True,
     ),
 }
 
@@ -83,8 +90,13 @@ def make(dtype, *, weight=False, mask=False, bias=False, **options):
 def grads(fn, x, w, y, b, kw, upstream):
     leaves = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
     out = fn(leaves[0], leaves[1], y, leaves[2] if b is not None else None, **kw)
+    z = []
+    if kw.get("return_z_loss"):
+        out, z_term = out
+        assert not z_term.requires_grad and z_term.shape == out.shape
+        z = [z_term]
     out.backward(upstream.to(out.dtype))
-    return [out.detach()] + [leaf.grad for leaf in leaves]
+    return [out.detach(), *z] + [leaf.grad for leaf in leaves]
 
 
 def launcher(plan, ce_plan, epilogue: str):
@@ -156,6 +168,21 @@ def test_triton_epilogue_bfloat16_error_budget(plan):
         tol = torch.finfo(torch.bfloat16).eps * float(t.abs().max())
         excess = float(((a.double() - t).abs() - (lo.double() - t).abs()).max())
         assert excess <= tol, f"output {i}: {excess:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("plan", ["rows/single", "tiled"])
+def test_triton_z_term_without_z_loss_is_zero_and_with_it_the_reference(plan):
+    chunk_plan, ce_plan = PLANS[plan]
+    x, w, y, b, kw = make(torch.float32, weight=True, mask=True, return_z_loss=True)
+    ref_kw = dict(weight=kw["weight"], mask=kw["mask"], impl="reference", return_z_loss=True)
+    for c in (0.0, 0.05):
+        loss, z = launcher(chunk_plan, ce_plan, "triton")(
+            x, w, y, None, **{**kw, "z_loss": c, "reduction": "mean"}
+        )
+        want, want_z = LF.linear_cross_entropy(x, w, y, z_loss=c, **ref_kw)
+        torch.testing.assert_close(z, want_z, rtol=1e-5, atol=0 if c == 0 else 1e-6)
+        torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+        assert (z.item() == 0.0) == (c == 0.0)
 
 
 def test_tile_kernels_merge_statistics_like_logsumexp():

@@ -9,6 +9,7 @@ chunk of logits exists at a time; it is exact (no gradient is skipped or filtere
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from types import ModuleType
@@ -43,6 +44,7 @@ def linear_cross_entropy(
     options: object | None = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    return_z_loss: bool = False,
     normalizer: float | Tensor | None = None,
     mask: Tensor | None = None,
     impl: Literal["auto", "reference", "fused"] = "auto",
@@ -50,7 +52,7 @@ def linear_cross_entropy(
     memory_budget: int | Literal["default", "lean"] = "default",
     accumulate: Literal["auto", "float32", "input"] = "auto",
     validate: bool = True,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor]:
     r"""Cross-entropy of the logits ``input @ linear_weight.T + linear_bias``, never holding them.
 
     With ``z = x W^\top + b`` (``V`` classes, ``p = softmax(z')``, ``z' = s \tanh(z / s)`` under
@@ -102,8 +104,18 @@ def linear_cross_entropy(
             ``allow_retain_graph=True`` allows a second backward (one more copy of the
             gradients); ``chunking_method`` and ``acc_policy`` are left to losskit's planner. A
             call the chunked path cannot take warns, as torch's does, and runs the reference.
-        z_loss: keyword-only coefficient of the ``lse^2`` term. Default 0.
+        z_loss: keyword-only coefficient ``c_z`` of the ``lse^2`` term. Default 0.
         softcap: keyword-only ``s``: logits become ``s * tanh(z / s)``. Default None.
+        return_z_loss: keyword-only; also return the z term alone, reduced as the loss is
+            (detached: the loss's gradient holds its share; 0 with ``z_loss=0``), as
+            :func:`~losskit.functional.cross_entropy` does. Each counted position's z term is
+            :math:`c_z \mathrm{lse}_n^2`, unweighted. With class weights and ``'mean'`` losskit
+            divides it by the loss's denominator, the counted targets' summed weights:
+            :math:`z = \sum_n c_z \mathrm{lse}_n^2 / \sum_n w_{y_n}`; Liger-Kernel
+            (``LigerFusedLinearCrossEntropyLoss`` with ``ce_weight``) divides the same sum by
+            the number of non-ignored tokens, :math:`\sum_n c_z \mathrm{lse}_n^2 / N_{kept}`,
+            while dividing the cross-entropy by the summed weights as losskit does. They agree
+            without class weights, and a ``normalizer`` replaces both denominators.
         normalizer: keyword-only; with ``'mean'``, divide the summed loss by this instead.
         mask: keyword-only bool over the target's positions; False positions do not count.
         impl: ``'auto'`` (fused where supported: float32/bfloat16/float16 class-index calls on
@@ -121,10 +133,10 @@ def linear_cross_entropy(
         - Or: input ``(N, D)``; linear_weight ``(V, d1..dK, D)``; linear_bias ``(V, d1..dK)``.
         - Target: class indices ``(*)`` / ``(N, d1..dK)``, or probabilities of the logits'
           shape ``(*, V)`` / ``(N, V, d1..dK)``.
-        - Output: scalar; with ``'none'`` the class-index shape.
+        - Output: scalar; with ``'none'`` the class-index shape (the z term too).
 
     Returns:
-        The loss, in the input's dtype.
+        The loss, in the input's dtype; with ``return_z_loss``, ``(loss, z_term)``.
 
     Notes:
         The fused path computes its gradients once: a second backward through the same graph
@@ -160,16 +172,18 @@ def linear_cross_entropy(
     )
     V.check_mask(mask, call.index_shape)
     V.check_normalizer(normalizer, opts.reduction)
+    return_z_loss = bool(return_z_loss)
     if impl != "reference":
         flat_mask = None if mask is None else mask.expand(call.index_shape).reshape(-1)
-        loss, reason = _fused(
+        out, reason = _fused(
             input, linear_weight, target.reshape(-1).long(), opts, required=impl == "fused",
             reason=_unfused_reason(input, call), linear_bias=linear_bias, weight=weight,
             mask=flat_mask, normalizer=normalizer, chunk_size=chunk_size,
             memory_budget=memory_budget, accumulate=accumulate, retain_graph=retain,
+            return_z_loss=return_z_loss,
         )  # fmt: skip
-        if loss is not None:
-            return loss.reshape(call.index_shape) if opts.reduction == "none" else loss
+        if out is not None:
+            return _shaped(out, opts.reduction, call)
         if options is not None:
             warnings.warn(
                 f"linear_cross_entropy: options ignored, this call takes the reference path "
@@ -178,12 +192,24 @@ def linear_cross_entropy(
                 stacklevel=2,
             )
     logits, target, mask = _reference_layout(input, linear_weight, linear_bias, target, mask, call)
-    loss = cross_entropy(
+    out = cross_entropy(
         logits, target, weight, ignore_index=opts.kernel_ignore_index, reduction=opts.reduction,
         label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, softcap=opts.softcap,
-        mask=mask, normalizer=normalizer, impl="reference", validate=False,
+        return_z_loss=return_z_loss, mask=mask, normalizer=normalizer, impl="reference",
+        validate=False,
     )  # fmt: skip
-    return loss.reshape(call.index_shape) if opts.reduction == "none" else loss
+    return _shaped(out, opts.reduction, call)
+
+
+def _shaped(
+    out: Tensor | tuple[Tensor, Tensor], reduction: str, call: V.LinearCall
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The loss (and z term) in the call's class-index shape for ``'none'``."""
+    if reduction != "none":
+        return out
+    if isinstance(out, tuple):
+        return tuple(t.reshape(call.index_shape) for t in out)
+    return out.reshape(call.index_shape)
 
 
 def _unfused_reason(input: Tensor, call: V.LinearCall) -> str:
@@ -256,7 +282,12 @@ def _lce_recompute(
     opts: V.CrossEntropyOptions,
     **extras: Tensor | float | None,
 ) -> Recompute:
-    """A create_graph=True backward: the reference's gradients of the chunked op's inputs."""
+    """A create_graph=True backward: the reference's gradients of the chunked op's inputs.
+
+    The reference counts rows by ``opts.kernel_ignore_index`` as the kernels do
+    (``ignore_index=None`` is -100 for class indices).
+    """
+    opts = dataclasses.replace(opts, ignore_index=opts.kernel_ignore_index)
 
     def build(
         input: Tensor, linear_weight: Tensor, linear_bias: Tensor | None
@@ -291,7 +322,7 @@ def _chunked(
     accumulate: str,
     normalizer: float | Tensor | None,
     **options: object,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor]:
     """The chunked launcher on 2-D inputs, its plan sized by the memory budget."""
     from ..kernels.chunked import plan_chunks
 
@@ -322,9 +353,11 @@ def _fused(
     memory_budget: int | str,
     accumulate: str,
     retain_graph: bool,
-) -> tuple[Tensor | None, str]:
-    """Run the chunked kernel on ``(*, D)`` inputs with flat ``(N,)`` targets and mask, or
-    return None and why not (``required=False``) when it does not apply."""
+    return_z_loss: bool,
+) -> tuple[Tensor | tuple[Tensor, Tensor] | None, str]:
+    """Run the chunked kernel on ``(*, D)`` inputs with flat ``(N,)`` targets and mask (the
+    loss, or ``(loss, z_term)``), or return None and why not (``required=False``) when it does
+    not apply."""
     kernel, reason = D.select("linear_cross_entropy", input, required=required, reason=reason)
     if kernel is None:
         return None, reason
@@ -336,6 +369,6 @@ def _fused(
         kernel, input.reshape(-1, input.shape[-1]), linear_weight, target, bias=linear_bias,
         weight=weight, mask=mask, normalizer=normalizer, chunk_size=chunk_size,
         memory_budget=memory_budget, accumulate=accumulate, retain_graph=retain_graph,
-        recompute=recompute, **D.kernel_options(opts),
+        recompute=recompute, return_z_loss=return_z_loss, **D.kernel_options(opts),
     )  # fmt: skip
     return loss, ""

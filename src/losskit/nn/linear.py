@@ -18,7 +18,8 @@ class LinearCrossEntropyLoss(_Loss):
     Holds the head as ``self.linear`` (an ``nn.Linear(in_features, num_classes)``) and the class
     ``weight`` as a buffer, as ``torch.nn.LinearCrossEntropyLoss`` does. To put the loss on a head
     that already exists (a language model's ``lm_head``), use :meth:`from_linear`: it shares the
-    head's Parameters instead of copying them.
+    head's Parameters instead of copying them. With ``return_z_loss=True`` a call returns
+    ``(loss, z_term)``, as :class:`losskit.CrossEntropyLoss` does.
 
     Example:
         >>> import torch, losskit
@@ -50,6 +51,7 @@ class LinearCrossEntropyLoss(_Loss):
         options: object | None = None,
         z_loss: float = 0.0,
         softcap: float | None = None,
+        return_z_loss: bool = False,
         impl: str = "auto",
         chunk_size: int | None = None,
         memory_budget: int | str = "default",
@@ -83,6 +85,7 @@ class LinearCrossEntropyLoss(_Loss):
         self.label_smoothing = opts.label_smoothing
         self.z_loss = opts.z_loss
         self.softcap = opts.softcap
+        self.return_z_loss = return_z_loss
         self.options = options
         self.impl = impl
         self.chunk_size = chunk_size
@@ -101,6 +104,7 @@ class LinearCrossEntropyLoss(_Loss):
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         softcap: float | None = None,
+        return_z_loss: bool = False,
         impl: str = "auto",
         chunk_size: int | None = None,
         memory_budget: int | str = "default",
@@ -121,6 +125,7 @@ class LinearCrossEntropyLoss(_Loss):
             label_smoothing=label_smoothing,
             z_loss=z_loss,
             softcap=softcap,
+            return_z_loss=return_z_loss,
             impl=impl,
             chunk_size=chunk_size,
             memory_budget=memory_budget,
@@ -146,6 +151,8 @@ class LinearCrossEntropyLoss(_Loss):
             opts["z_loss"] = self.z_loss
         if self.softcap is not None:
             opts["softcap"] = self.softcap
+        if self.return_z_loss:
+            opts["return_z_loss"] = True
         for name, default in (
             ("impl", "auto"),
             ("chunk_size", None),
@@ -158,7 +165,7 @@ class LinearCrossEntropyLoss(_Loss):
 
     def forward(
         self, input: Tensor, target: Tensor, *, mask: Mask = None, normalizer: Normalizer = None
-    ) -> Tensor:
+    ) -> Tensor | tuple[Tensor, Tensor]:
         weight, bias = self.linear.weight, self.linear.bias
         if self.out_features:  # the (C * d1..dK, D) Linear as the (C, d1..dK, D) head
             weight = weight.reshape(self.num_classes, *self.out_features, weight.shape[-1])

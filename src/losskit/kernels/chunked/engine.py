@@ -111,12 +111,14 @@ def run_chunks(
     epi: Epilogue,
     want: tuple[bool, bool, bool],
     row_scale: Tensor | None = None,
+    z_rows: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Row losses (float32, unscaled) and ``(dX, dW, db)`` for ``r`` (see the module docstring).
 
     ``rows`` is :func:`~losskit._reduction.count_rows` of ``target`` and ``mask``; ``want`` says
     which of ``dX, dW, db`` to compute; ``row_scale`` multiplies each row's gradient (the
-    ``'none'`` backward).
+    ``'none'`` backward); ``z_rows``, a float32 ``(N,)`` buffer or None, receives each row's z
+    term ``c lse^2`` (``return_z_loss``; any value where the row does not count).
     """
     n, d = x.shape
     v = w.shape[0]
@@ -145,7 +147,7 @@ def run_chunks(
             # Whole rows: logits, epilogue in place, then the gradient GEMMs.
             z = buf[: c * v].view(c, v)
             _logits(z, xc, w, bias)
-            epi.rows(z, ck, loss_rows[i:j], any_grad)
+            epi.rows(z, ck, loss_rows[i:j], any_grad, None if z_rows is None else z_rows[i:j])
             if want_x:
                 torch.mm(z, w, out=dx[i:j])
             if want_w:
@@ -162,6 +164,8 @@ def run_chunks(
             epi.tile_stats(z, c0, ck, st)
         loss, lse = epi.finish_stats(st, ck)
         loss_rows[i:j] = loss
+        if z_rows is not None:
+            z_rows[i:j] = epi.z_term(lse)
         if not any_grad:
             continue
         dx_acc = None
@@ -200,6 +204,8 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     ``'mean'``/``'sum'``: the forward computes every gradient; the backward scales them by
     ``grad_output`` and hands them over once (a second backward raises). ``'none'``: the forward
     computes the losses; the backward recomputes the chunks with the per-row ``grad_output``.
+    With ``return_z_loss`` the forward also returns the reduced z term, non-differentiable (it is
+    part of the loss, whose gradient already holds its share).
     """
 
     @staticmethod
@@ -217,7 +223,8 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         epi: Epilogue,
         retain_graph: bool,
         recompute: Recompute | None,
-    ) -> Tensor:
+        return_z_loss: bool,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         want = tuple(bool(f) for f in ctx.needs_input_grad[:3])
         ctx.recompute = recompute or Recompute("linear_cross_entropy")  # no rule: raises
         if bias is None:
@@ -225,21 +232,29 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         rows = _count_rows(target, weight, mask, normalizer, opts)
         ctx.plan, ctx.epi, ctx.retain = plan, epi, retain_graph
         ctx.deferred = opts.reduction == "none"
+        z_rows = _z_buffer(x, return_z_loss)
         if ctx.deferred:
             loss_rows, *_ = run_chunks(
-                x, w, bias, target, mask, rows, plan, epi, (False, False, False)
+                x, w, bias, target, mask, rows, plan, epi, (False, False, False), z_rows=z_rows
             )
             ctx.rows, ctx.target, ctx.mask = rows, target, mask
             ctx.save_for_backward(x, w, bias)
             ctx.want = want
-            return rows.reduce(loss_rows, x.dtype)
-        loss_rows, dx, dw, db = run_chunks(x, w, bias, target, mask, rows, plan, epi, want)
-        ctx.grads = [dx, dw, db]
-        return rows.reduce(loss_rows, x.dtype)
+        else:
+            loss_rows, dx, dw, db = run_chunks(
+                x, w, bias, target, mask, rows, plan, epi, want, z_rows=z_rows
+            )
+            ctx.grads = [dx, dw, db]
+        loss = rows.reduce(loss_rows, x.dtype)
+        if z_rows is None:
+            return loss
+        zterm = rows.reduce(z_rows, x.dtype)
+        ctx.mark_non_differentiable(zterm)
+        return loss, zterm
 
     @staticmethod
-    def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        tail = (None,) * 9
+    def backward(ctx, grad_loss: Tensor, *unused: Tensor):  # type: ignore[override]
+        tail = (None,) * 10
         if torch.is_grad_enabled():  # create_graph=True: differentiable gradients
             if not ctx.retain:
                 ctx.grads = None
@@ -280,6 +295,11 @@ def _epi_scale(epi: Epilogue, t: Tensor, grad_output: Tensor) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _z_buffer(x: Tensor, return_z_loss: bool) -> Tensor | None:
+    """The float32 ``(N,)`` buffer of the rows' z terms, or None without ``return_z_loss``."""
+    return torch.empty(x.shape[0], dtype=_F32, device=x.device) if return_z_loss else None
+
+
 def _count_rows(
     target: Tensor,
     weight: Tensor | None,
@@ -311,7 +331,8 @@ def linear_cross_entropy(
     epilogue: Epilogue | Callable[[Tensor | None, int, CrossEntropyOptions], Epilogue],
     retain_graph: bool = False,
     recompute: Recompute | None = None,
-) -> Tensor:
+    return_z_loss: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     r"""Chunked ``cross_entropy(x @ w.T + bias, target)`` of validated 2-D inputs, with a
     backend's epilogue (the backends' launchers call this).
 
@@ -335,9 +356,12 @@ def linear_cross_entropy(
             copy of them; torch's ``allow_retain_graph``). Default: the first backward takes them.
         recompute: how a ``create_graph=True`` backward recomputes differentiable gradients
             (:class:`~losskit.kernels.recompute.Recompute`); None: such a backward raises.
+        return_z_loss: also return the z term ``c lse^2`` alone, reduced as the loss is (its
+            ``'mean'`` divides by the same ``D``), without a gradient of its own.
 
     Shape:
-        Output ``(N,)`` for ``'none'``, else ``()``; dtype of ``x``.
+        Output ``(N,)`` for ``'none'``, else ``()``; dtype of ``x`` (both outputs with
+        ``return_z_loss``).
 
     Example:
         >>> from losskit.kernels.chunked import plan_chunks
@@ -361,10 +385,13 @@ def linear_cross_entropy(
     wf = None if weight is None else weight.to(_F32)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias)):
         return LinearCrossEntropyFunction.apply(
-            x, w, bias, target, wf, mask, normalizer, opts, plan, epilogue, retain_graph, recompute
-        )
+            x, w, bias, target, wf, mask, normalizer, opts, plan, epilogue, retain_graph,
+            recompute, bool(return_z_loss),
+        )  # fmt: skip
     rows = _count_rows(target, wf, mask, normalizer, opts)
+    z_rows = _z_buffer(x, return_z_loss)
     loss_rows, *_ = run_chunks(
-        x, w, bias, target, mask, rows, plan, epilogue, (False, False, False)
+        x, w, bias, target, mask, rows, plan, epilogue, (False, False, False), z_rows=z_rows
     )
-    return rows.reduce(loss_rows, x.dtype)
+    loss = rows.reduce(loss_rows, x.dtype)
+    return loss if z_rows is None else (loss, rows.reduce(z_rows, x.dtype))

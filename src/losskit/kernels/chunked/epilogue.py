@@ -61,8 +61,8 @@ class Epilogue:
     whole rows: :meth:`rows`; vocabulary tiles: :meth:`new_stats`, then :meth:`tile_stats` per
     tile, :meth:`finish_stats`, then :meth:`tile_grad` per tile; and :meth:`scale_` on each
     gradient in the backward. This base holds the per-call constants and the backend-neutral
-    steps (the row loss and the gradient's coefficients, from ``kernels/rows.py``); a backend
-    implements :meth:`rows`, :meth:`tile_stats`, :meth:`tile_grad` and :meth:`scale_`.
+    steps (the row loss, the z term and the gradient's coefficients, from ``kernels/rows.py``);
+    a backend implements :meth:`rows`, :meth:`tile_stats`, :meth:`tile_grad` and :meth:`scale_`.
     """
 
     def __init__(self, weight: Tensor | None, v: int, opts: CrossEntropyOptions) -> None:
@@ -88,6 +88,11 @@ class Epilogue:
         loss = row_loss(lse, st[2], swz, ck.w_y, self.k)
         return torch.where(ck.counted, loss, 0.0), torch.where(ck.counted, lse, torch.inf)
 
+    def z_term(self, lse: Tensor) -> Tensor:
+        """Each row's z term ``c lse^2`` (``return_z_loss``; 0 times ``lse^2`` without a
+        z-loss, as the reference computes it)."""
+        return self.zc * lse * lse
+
     def coefficients(self, lse: Tensor, ck: Chunk) -> Coefficients:
         """The gradient's per-row factors of the chunk (``kernels/rows.py``); ``lse`` is read
         only with a z-loss, and only where the row counts."""
@@ -97,9 +102,12 @@ class Epilogue:
 
     # -- what a backend implements ---------------------------------------------------------
 
-    def rows(self, z: Tensor, ck: Chunk, loss_out: Tensor, want_grad: bool) -> None:
+    def rows(
+        self, z: Tensor, ck: Chunk, loss_out: Tensor, want_grad: bool, z_out: Tensor | None = None
+    ) -> None:
         """Whole rows: each row's loss into ``loss_out`` (float32; any value where the row does
-        not count) and, with ``want_grad``, ``z`` overwritten by ``r dloss/dz``."""
+        not count), its z term (:meth:`z_term`) into ``z_out`` when given, and, with
+        ``want_grad``, ``z`` overwritten by ``r dloss/dz``."""
         raise NotImplementedError
 
     def tile_stats(self, z: Tensor, c0: int, ck: Chunk, st: Tensor) -> None:

@@ -69,8 +69,11 @@ class CpuEpilogue(Epilogue):
 
     # -- whole rows ----------------------------------------------------------------------------
 
-    def rows(self, z: Tensor, ck: Chunk, loss_out: Tensor, want_grad: bool) -> None:
-        """Row losses into ``loss_out`` and, with ``want_grad``, the gradient into ``z``."""
+    def rows(
+        self, z: Tensor, ck: Chunk, loss_out: Tensor, want_grad: bool, z_out: Tensor | None = None
+    ) -> None:
+        """Row losses into ``loss_out`` (their z terms into ``z_out`` when given) and, with
+        ``want_grad``, the gradient into ``z``."""
         c, v = z.shape
         if c == 0:
             return
@@ -95,6 +98,8 @@ class CpuEpilogue(Epilogue):
             s = out.sum(1)
             lse = m.squeeze(1) + s.log()
             loss_out[s0:s1] = row_loss(lse, zy, swz, sub.w_y, self.k)
+            if z_out is not None:
+                z_out[s0:s1] = self.z_term(lse)
             if not want_grad:
                 continue
             # (3) the gradient in place (kernels/rows.py), e * ra / S = p * ra.
@@ -160,7 +165,9 @@ class CpuEpilogue(Epilogue):
             t.mul_(go)
 
 
-def linear_cross_entropy(x: Tensor, w: Tensor, target: Tensor, **options: Any) -> Tensor:
+def linear_cross_entropy(
+    x: Tensor, w: Tensor, target: Tensor, **options: Any
+) -> Tensor | tuple[Tensor, Tensor]:
     r"""Chunked ``cross_entropy(x @ w.T + bias, target)`` of validated 2-D CPU inputs.
 
     .. math::
@@ -168,8 +175,8 @@ def linear_cross_entropy(x: Tensor, w: Tensor, target: Tensor, **options: Any) -
 
     The keyword arguments and result of :func:`losskit.kernels.chunked.linear_cross_entropy`
     (``bias, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, normalizer,
-    mask, plan``, and optionally ``retain_graph, recompute``), whose ``epilogue`` is here
-    :class:`CpuEpilogue` unless given.
+    mask, plan``, and optionally ``retain_graph, recompute, return_z_loss``), whose ``epilogue``
+    is here :class:`CpuEpilogue` unless given.
 
     Example:
         >>> from losskit.kernels.chunked import plan_chunks

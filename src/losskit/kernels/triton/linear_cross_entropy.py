@@ -159,8 +159,11 @@ class TritonEpilogue(Epilogue):
             HAS_SOFTCAP=self.cap is not None,
         )
 
-    def rows(self, z: Tensor, ck: Chunk, loss_out: Tensor, want_grad: bool) -> None:
-        """The fused cross-entropy kernel on the chunk, gradient over the logits."""
+    def rows(
+        self, z: Tensor, ck: Chunk, loss_out: Tensor, want_grad: bool, z_out: Tensor | None = None
+    ) -> None:
+        """The fused cross-entropy kernel on the chunk, gradient over the logits (and the rows'
+        z terms into ``z_out`` when given)."""
         c, v = z.shape
         if c == 0:
             return
@@ -168,7 +171,7 @@ class TritonEpilogue(Epilogue):
             self._plan = make_plan(v, z.device, DEFAULT_PLAN)
         ce.launch(
             self._plan, self.opts, z, z if want_grad else None, ck.target, weight=self.w,
-            mask=ck.mask, loss=loss_out, scale=ck.scale, weight_sum=self.weight_sum,
+            mask=ck.mask, loss=loss_out, zterm=z_out, scale=ck.scale, weight_sum=self.weight_sum,
         )  # fmt: skip
         if want_grad and ck.row_scale is not None:
             z.mul_(ck.row_scale.unsqueeze(1))  # computed in float32, rounded once
@@ -210,7 +213,9 @@ class TritonEpilogue(Epilogue):
 # --------------------------------------------------------------------------------------------
 
 
-def linear_cross_entropy(x: Tensor, w: Tensor, target: Tensor, **options: object) -> Tensor:
+def linear_cross_entropy(
+    x: Tensor, w: Tensor, target: Tensor, **options: object
+) -> Tensor | tuple[Tensor, Tensor]:
     r"""Chunked ``cross_entropy(x @ w.T + bias, target)`` on CUDA (or Triton's interpreter).
 
     .. math::
@@ -218,8 +223,8 @@ def linear_cross_entropy(x: Tensor, w: Tensor, target: Tensor, **options: object
 
     The keyword arguments and result of :func:`losskit.kernels.chunked.linear_cross_entropy`
     (``bias, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, normalizer,
-    mask, plan``, and optionally ``retain_graph, recompute``: validated 2-D inputs, a
-    :class:`~losskit.kernels.chunked.ChunkPlan`), whose ``epilogue`` is here
+    mask, plan``, and optionally ``retain_graph, recompute, return_z_loss``: validated 2-D
+    inputs, a :class:`~losskit.kernels.chunked.ChunkPlan`), whose ``epilogue`` is here
     :class:`TritonEpilogue` unless given: the Triton kernels of this module and of
     ``cross_entropy.py``.
 
