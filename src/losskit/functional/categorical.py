@@ -367,7 +367,14 @@ def cross_entropy(
         normalizer: keyword-only; with ``'mean'``, divide the summed loss by this instead.
         z_loss: keyword-only coefficient ``z`` of the ``lse^2`` auxiliary term (PaLM). Default 0.
         softcap: keyword-only ``s``: logits become ``s * tanh(x / s)`` first. Default None.
-        return_z_loss: keyword-only; also return the z term alone, reduced the same way.
+        return_z_loss: keyword-only; also return the z term alone, reduced the same way
+            (detached: the loss's gradient holds its share; 0 with ``z_loss=0``). Each counted
+            position's z term is :math:`z\, \mathrm{lse}(x_n)^2`, unweighted, and ``'mean'``
+            divides their sum by the loss's own denominator: with class weights and index
+            targets :math:`\sum_n z\, \mathrm{lse}_n^2 / \sum_n w_{y_n}`. Liger-Kernel divides
+            the same sum by the number of non-ignored tokens,
+            :math:`\sum_n z\, \mathrm{lse}_n^2 / N_{kept}` (while dividing the cross-entropy
+            by the summed weights); the two agree without class weights.
         impl: keyword-only ``'auto'`` | ``'reference'`` | ``'fused'``: the plain-torch source of
             truth, or the fused kernel (Triton on CUDA, the fast path on CPU). ``'auto'`` takes
             the fused path wherever it supports the call (class-index targets; float32,
