@@ -141,13 +141,16 @@ def test_module_equals_functional_and_torch(key):
 
 
 @pytest.mark.filterwarnings("ignore:reduction. .mean. divides:UserWarning")  # KLDivLoss
+@pytest.mark.filterwarnings("ignore:NLLLoss2d has been deprecated:FutureWarning")
 @pytest.mark.parametrize("name", losskit.nn.__all__)
 def test_every_module_names_its_function(name):
     """``Module.function`` is the function of losskit.functional its forward calls."""
     cls = getattr(losskit.nn, name)
     function = cls.function
     assert getattr(LF, function.__name__) is function
-    index = name in ("CrossEntropyLoss", "NLLLoss", "FocalLoss", "LinearCrossEntropyLoss")
+    index = name in (
+        "CrossEntropyLoss", "NLLLoss", "NLLLoss2d", "FocalLoss", "LinearCrossEntropyLoss"
+    )  # fmt: skip
     x, y = make_examples((4, 3), target="index" if index else "float", dtype=torch.float64)
     if cls is losskit.LinearCrossEntropyLoss:  # the head's weight is the function's 2nd input
         module = cls(3, 5, dtype=torch.float64)
