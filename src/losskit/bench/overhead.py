@@ -246,7 +246,7 @@ def goals(rows: list[Row]) -> list[cmd.Goal]:
             if ratio is None:
                 out.append(cmd.Goal(what, row.error or "not timed", False))
                 continue
-            measured = f"{ratio:.2f}x"
+            measured = f"{ratio:.3f}x"
             if not validate and not row.has_validate:
                 measured += " (no validate keyword: the default's time)"
             out.append(cmd.Goal(what, measured, ratio <= limit))
