@@ -47,22 +47,30 @@ def check_classification(
     Values at positions ``mask`` leaves out are not checked (padding may hold anything). A
     non-default ``ignore_index`` with probability targets is refused (it could only be a no-op).
     """
-    require_tensor(input_name, input)
-    require_tensor("target", target)
-    require_floating(input_name, input, what="logits or log-probabilities")
-    require_same_device("target", target, input_name, input)
-    if input.dim() == 0:
+    # the common call costs a handful of attribute reads: each check below only calls its
+    # helper (which builds the message) when the cheap test has failed
+    if not isinstance(input, Tensor):
+        require_tensor(input_name, input)
+    if not isinstance(target, Tensor):
+        require_tensor("target", target)
+    if input.dtype not in tensors.FLOATING:
+        require_floating(input_name, input, what="logits or log-probabilities")
+    if target.device != input.device:
+        require_same_device("target", target, input_name, input)
+    ndim = input.dim()
+    if ndim == 0:
         raise LossValueError(
             f"{input_name} must have a class dimension: expected shape (C,), (N, C) or "
             f"(N, C, d1, ...), got a 0-dim tensor"
         )
-    class_dim = 0 if input.dim() == 1 else 1
-    num_classes = input.shape[class_dim]
-    index_shape = index_target_shape(input)
-    check_class_weight(weight, num_classes, input)
+    class_dim = 0 if ndim == 1 else 1
+    num_classes = input.size(class_dim)
+    if weight is not None:
+        check_class_weight(weight, num_classes, input)
     check_ignore_index(ignore_index)
 
     if target.is_floating_point():
+        index_shape = index_target_shape(input)
         if target.shape == input.shape and allow_probabilities:
             if ignore_index != -100:
                 raise LossValueError(
@@ -104,15 +112,27 @@ def check_classification(
             f"shape {expected}"
         )
 
-    require_index_dtype(target)
-    if target.shape != index_shape:
+    if target.dtype == torch.bool or target.is_complex():
+        require_index_dtype(target)
+    if not _index_shape_matches(input, target, ndim):
+        index_shape = index_target_shape(input)
         _explain_index_shape(input, target, index_shape, input_name, allow_probabilities)
     if validate:
         if mask is not None:
-            check_mask(mask, index_shape)
+            check_mask(mask, target.shape)
             target = torch.where(mask, target, ignore_index)
         tensors.check_class_indices(target, num_classes, ignore_index, class_dim)
     return False
+
+
+def _index_shape_matches(input: Tensor, target: Tensor, ndim: int) -> bool:
+    """``target.shape == index_target_shape(input)``, without building a ``torch.Size`` for
+    the common 1-D and 2-D inputs."""
+    if ndim == 2:
+        return target.dim() == 1 and target.size(0) == input.size(0)
+    if ndim == 1:
+        return target.dim() == 0
+    return target.shape == index_target_shape(input)
 
 
 def _explain_index_shape(

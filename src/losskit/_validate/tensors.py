@@ -10,7 +10,8 @@ from torch import Tensor
 
 from .errors import LossIndexError, LossTypeError, LossValueError
 
-_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: the floating dtypes a loss computes in
+FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def shape_str(shape: Sequence[int] | torch.Size) -> str:
@@ -40,7 +41,7 @@ def require_tensor(name: str, value: object) -> Tensor:
 
 def require_floating(name: str, tensor: Tensor, *, what: str = "") -> None:
     require_tensor(name, tensor)
-    if tensor.dtype not in _FLOATING:
+    if tensor.dtype not in FLOATING:
         hint = f" ({what})" if what else ""
         raise LossTypeError(
             f"{name} must be a floating-point tensor{hint} (float16, bfloat16, float32 or "

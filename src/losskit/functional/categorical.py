@@ -62,8 +62,10 @@ def check_categorical(
         allow_probabilities=probabilities,
         mask=mask,
     )
-    V.check_mask(mask, V.index_target_shape(input) if probabilities else target.shape)
-    V.check_normalizer(normalizer, opts.reduction)
+    if mask is not None:
+        V.check_mask(mask, V.index_target_shape(input) if is_probabilities else target.shape)
+    if normalizer is not None:
+        V.check_normalizer(normalizer, opts.reduction)
     return is_probabilities
 
 
@@ -423,7 +425,7 @@ def cross_entropy(
         and (probabilities or not _fused_applies(input))
         and _plain(input, target, weight, mask, normalizer, probabilities=probabilities)
     ):
-        index = target if probabilities else target.long()
+        index = target if probabilities or target.dtype == torch.int64 else target.long()
         return _torch.cross_entropy(
             input, index, weight, opts.reduction, opts.ignore_index, opts.label_smoothing
         )
@@ -486,7 +488,8 @@ def nll_loss(
     )
     check_categorical(input, target, weight, opts, mask, normalizer, validate, probabilities=False)
     if _plain(input, target, weight, mask, normalizer, probabilities=False):
-        return _torch.nll_loss(input, target.long(), weight, opts.reduction, ignore_index)
+        index = target if target.dtype == torch.int64 else target.long()
+        return _torch.nll_loss(input, index, weight, opts.reduction, ignore_index)
     dtype = compute_dtype(input)
     x, rows = class_rows(
         input, target, probabilities=False, weight=weight, ignore_index=ignore_index,
