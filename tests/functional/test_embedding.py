@@ -258,7 +258,7 @@ def test_masked_bfloat16_within_budget(name, options):
     mask = torch.rand(9) > 0.3
     ours = getattr(LE, name)(*[a.bfloat16() for a in args], **kwargs, mask=mask)
     theirs = getattr(F, name)(*[a[mask].bfloat16() for a in args], **kwargs)
-    truth = getattr(F, name)(*[a[mask] for a in args], **kwargs)
+    truth = getattr(F, name)(*[a[mask].bfloat16().double() for a in args], **kwargs)
     assert ours.dtype == torch.bfloat16
     assert_within_budget(ours, theirs, truth)
 

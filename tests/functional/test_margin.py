@@ -29,14 +29,7 @@ from losskit.nn import margin as NM
 F64 = torch.float64
 TIGHT = {"rtol": 1e-12, "atol": 1e-12}
 LOW = (torch.bfloat16, torch.float16)
-NAMES = (
-    "hinge_embedding_loss",
-    "soft_margin_loss",
-    "multi_margin_loss",
-    "multilabel_margin_loss",
-    "multilabel_soft_margin_loss",
-    "margin_ranking_loss",
-)
+#: the Modules and their functions (torch's names for both)
 MODULES = {
     "HingeEmbeddingLoss": "hinge_embedding_loss",
     "SoftMarginLoss": "soft_margin_loss",
@@ -45,6 +38,7 @@ MODULES = {
     "MultiLabelSoftMarginLoss": "multilabel_soft_margin_loss",
     "MarginRankingLoss": "margin_ranking_loss",
 }
+NAMES = tuple(MODULES.values())
 
 
 def _scores(shape, dtype=F64):
@@ -98,16 +92,13 @@ def test_module_signature_matches_torch(name):
 # --------------------------------------------------------------------------------------------
 
 
+SIGNED = (("hinge_embedding_loss", {}), ("hinge_embedding_loss", {"margin": 0.4}))
+SIGNED += (("soft_margin_loss", {}),)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", ((), (7,), (3, 5), (2, 3, 4), (0,), (0, 3)), ids=str)
-@pytest.mark.parametrize(
-    ("name", "options"),
-    [
-        ("hinge_embedding_loss", {}),
-        ("hinge_embedding_loss", {"margin": 0.4}),
-        ("soft_margin_loss", {}),
-    ],
-)
+@pytest.mark.parametrize(("name", "options"), SIGNED)
 def test_signed_losses_parity(name, options, shape, dtype):
     x, y = _scores(shape, dtype), _signs(shape, dtype)
     for reduction in REDUCTIONS:
@@ -123,15 +114,6 @@ def test_margin_ranking_parity(shape, margin, dtype):
     for reduction in REDUCTIONS:
         kwargs = {"margin": margin, "reduction": reduction}
         check_against_torch(LM.margin_ranking_loss, F.margin_ranking_loss, args, kwargs, wrt=(0, 1))
-
-
-@pytest.mark.parametrize(
-    "name", ("hinge_embedding_loss", "soft_margin_loss", "margin_ranking_loss")
-)
-def test_integer_labels_like_torch(name):
-    x, y = _scores((4, 3)), _signs((4, 3)).long()
-    args = (x, x.flip(0), y) if name == "margin_ranking_loss" else (x, y)
-    assert_close_to_torch(getattr(LM, name)(*args), getattr(F, name)(*args))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -177,11 +159,7 @@ def test_empty_batch_is_reduced_honestly(name):
     """torch's CPU kernels reduce an empty batch to an uninitialized number; losskit gives the
     mean and sum of torch's (empty) unreduced loss."""
     x = torch.randn(0, 4, dtype=F64, requires_grad=True)
-    y = (
-        torch.zeros(0, dtype=torch.long)
-        if name == "multi_margin_loss"
-        else torch.zeros(0, 4).long()
-    )
+    y = torch.zeros((0,) if name == "multi_margin_loss" else (0, 4), dtype=torch.long)
     none = getattr(F, name)(x, y, reduction="none")
     fn = getattr(LM, name)
     assert fn(x, y, reduction="none").shape == none.shape == (0,)
@@ -190,17 +168,6 @@ def test_empty_batch_is_reduced_honestly(name):
     assert total.item() == 0.0
     total.backward()
     assert x.grad.shape == (0, 4)
-
-
-def test_multi_margin_integer_targets_and_weights_of_other_dtypes():
-    """torch refuses int32 indices and a weight of another dtype; losskit casts them."""
-    x, y = _scores((5, 4)), torch.randint(0, 4, (5,))
-    w = torch.rand(4) + 0.5  # float32, with float64 scores
-    expected = F.multi_margin_loss(x, y, weight=w.double(), reduction="none")
-    for target in (y, y.int(), y.to(torch.uint8)):
-        assert_close_to_torch(LM.multi_margin_loss(x, target, weight=w, reduction="none"), expected)
-    ml = _multilabel((5, 4))
-    assert_close_to_torch(LM.multilabel_margin_loss(x, ml.int()), F.multilabel_margin_loss(x, ml))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -221,10 +188,21 @@ def test_multilabel_soft_margin_parity(shape, labels, weight, dtype):
         check_against_torch(fn, theirs, args, {"reduction": reduction}, wrt=wrt)
 
 
-def test_multilabel_soft_margin_bool_target_is_its_float():
-    x, y = _scores((5, 4)), torch.rand(5, 4) > 0.5
-    expected = F.multilabel_soft_margin_loss(x, y.double(), reduction="none")
-    assert_close_to_torch(LM.multilabel_soft_margin_loss(x, y, reduction="none"), expected)
+def test_label_dtypes_torch_promotes_or_refuses():
+    """Integer 1/-1 labels are promoted as torch does; where torch refuses int32 (or uint8)
+    indices, a weight of another dtype or a bool multi-label target, losskit casts them."""
+    x, s, ml = _scores((5, 4)), _signs((5, 4)).long(), _multilabel((5, 4))
+    for name, args in (("hinge_embedding_loss", (x, s)), ("soft_margin_loss", (x, s)),
+                       ("margin_ranking_loss", (x, x.flip(0), s))):  # fmt: skip
+        assert_close_to_torch(getattr(LM, name)(*args), getattr(F, name)(*args))
+    y, w = torch.randint(0, 4, (5,)), torch.rand(4) + 0.5  # a float32 weight, float64 scores
+    expected = F.multi_margin_loss(x, y, weight=w.double(), reduction="none")
+    for target in (y, y.int(), y.to(torch.uint8)):
+        assert_close_to_torch(LM.multi_margin_loss(x, target, weight=w, reduction="none"), expected)
+    assert_close_to_torch(LM.multilabel_margin_loss(x, ml.int()), F.multilabel_margin_loss(x, ml))
+    b = torch.rand(5, 4) > 0.5
+    expected = F.multilabel_soft_margin_loss(x, b.double(), reduction="none")
+    assert_close_to_torch(LM.multilabel_soft_margin_loss(x, b, reduction="none"), expected)
 
 
 @pytest.mark.parametrize(
@@ -250,29 +228,14 @@ def test_legacy_size_average_and_reduce(name, size_average, reduce):
 
 def _example(name, n):
     """(args, kwargs, index of the label argument, bad label) of a call with ``n`` samples."""
-    w = torch.rand(4, dtype=F64) + 0.5
+    x, w, signs = _scores((n, 4)), torch.rand(4, dtype=F64) + 0.5, _signs((n,))
     return {
-        "hinge_embedding_loss": ((_scores((n,)), _signs((n,))), {"margin": 0.7}, 1, 0.0),
-        "soft_margin_loss": ((_scores((n,)), _signs((n,))), {}, 1, 2.0),
-        "margin_ranking_loss": (
-            (_scores((n,)), _scores((n,)), _signs((n,))),
-            {"margin": 2.0},
-            2,
-            0.0,
-        ),
-        "multi_margin_loss": (
-            (_scores((n, 4)), torch.randint(0, 4, (n,))),
-            {"p": 2, "weight": w},
-            1,
-            9,
-        ),
-        "multilabel_margin_loss": ((_scores((n, 4)), _multilabel((n, 4))), {}, 1, 9),
-        "multilabel_soft_margin_loss": (
-            (_scores((n, 4)), torch.rand(n, 4, dtype=F64)),
-            {"weight": w},
-            1,
-            3.0,
-        ),
+        "hinge_embedding_loss": ((x[:, 0], signs), {"margin": 0.7}, 1, 0.0),
+        "soft_margin_loss": ((x[:, 0], signs), {}, 1, 2.0),
+        "margin_ranking_loss": ((x[:, 0], x[:, 1], signs), {"margin": 2.0}, 2, 0.0),
+        "multi_margin_loss": ((x, torch.randint(0, 4, (n,))), {"p": 2, "weight": w}, 1, 9),
+        "multilabel_margin_loss": ((x, _multilabel((n, 4))), {}, 1, 9),
+        "multilabel_soft_margin_loss": ((x, torch.rand(n, 4, dtype=F64)), {"weight": w}, 1, 3.0),
     }[name]
 
 
@@ -349,9 +312,15 @@ def test_masked_half_types_within_budget(name, dtype):
     low = [a.to(dtype) if a.is_floating_point() else a for a in args]
     low_kwargs = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     ours = getattr(LM, name)(*low, **low_kwargs, mask=mask)
-    reference = _upcast(getattr(F, name))
+    reference = getattr(F, name)
+    if name in ("multi_margin_loss", "multilabel_margin_loss"):  # no half kernel on the CPU
+        reference = _upcast(reference)
     theirs = reference(*[a[mask] for a in low], **low_kwargs)
-    truth = getattr(F, name)(*[a[mask] for a in args], **kwargs)
+    wide = [a.double() if a.is_floating_point() else a for a in low]  # the inputs as rounded
+    wide_kwargs = {
+        k: v.double() if isinstance(v, torch.Tensor) else v for k, v in low_kwargs.items()
+    }
+    truth = getattr(F, name)(*[a[mask] for a in wide], **wide_kwargs)
     assert ours.dtype == dtype
     assert_within_budget(ours, theirs, truth)
 
@@ -441,6 +410,7 @@ def test_errors_of_multi_margin():
     _raises(V, "weight must have shape (3,)|(1, 3)", mm, X, IDX, weight=torch.ones(1, 3))
     _raises(LossTypeError, "weight|int64", mm, X, IDX, weight=torch.ones(3).long())
     _raises(V, "(4, 1)|target.squeeze(1)", mm, X, IDX[:, None])
+    _raises(V, "target has shape (3,)|needs one class index per sample, shape (4,)", mm, X, IDX[:3])
     _raises(V, "target.argmax(1)", mm, X, S.long())
     _raises(V, "(N, C) or (C,)|(2, 3, 4)|movedim", mm, torch.randn(2, 3, 4), IDX[:2])
     _raises(V, "(N, C) or (C,), got shape ()", mm, torch.tensor(1.0), torch.tensor(0))
@@ -476,6 +446,26 @@ def test_errors_of_the_multilabel_losses():
     _raises(V, "weight has shape (2,)", soft, X, S, weight=torch.ones(2))
     _raises(V, "value 2|[0, 1]|12 of 12", soft, X, S * 2)
     _raises(V, "got shape ()", soft, torch.tensor(1.0), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("kernel_checks", (True, False), ids=("cpu", "checked-first"))
+def test_index_errors_whoever_checks(kernel_checks, monkeypatch):
+    """On the CPU torch's kernels check the indices and losskit words the error; elsewhere (a
+    device-side assert on CUDA) losskit checks first. Both: the same error, masked samples not
+    checked, and validate=False leaves it to torch."""
+    if not kernel_checks:
+        monkeypatch.setattr(LM, "_CPU_KERNEL_CHECKS_INDICES", False)
+    bad_mm, bad_mlm = torch.tensor([0, 3, 1, 0]), ML.where(ML != 2, 3)
+    for fn, bad in ((LM.multi_margin_loss, bad_mm), (LM.multilabel_margin_loss, bad_mlm)):
+        for x in (X, X.bfloat16()):
+            _raises(LossIndexError, "class index 3 at position (1", fn, x, bad)
+        keep = torch.tensor([True, False, False, True])
+        expected = fn(X[keep], bad[keep], reduction="sum")
+        assert_close_to_torch(fn(X, bad, reduction="sum", mask=keep), expected)
+        if kernel_checks:
+            with pytest.raises(RuntimeError) as info:
+                fn(X, bad, validate=False)
+            assert not isinstance(info.value, LossError)
 
 
 def test_validate_false_skips_the_value_checks():

@@ -14,9 +14,13 @@ from torch import Tensor
 
 from .errors import LossIndexError, LossTypeError, LossValueError
 from .options import check_float_option
-from .tensors import check_mask, position, require_tensor, shape_str
+from .tensors import check_mask, position, require_same_device, require_tensor, shape_str
 
 __all__ = [
+    "check_class_scores",
+    "check_label_lists",
+    "check_multi_margin_call",
+    "check_multilabel_call",
     "check_distance",
     "check_distance_function",
     "check_index_range",
@@ -207,10 +211,11 @@ def check_sample_mask(mask: Tensor | None, shape: torch.Size) -> None:
 
 
 def check_signs(name: str, tensor: Tensor, *, loss: str) -> None:
-    """Every value is 1 or -1 (one pass: the smallest and largest ``|value|`` are both 1)."""
+    """Every value is 1 or -1: the smallest and largest square (or ``|value|``, for integers,
+    whose squares may wrap around) are both 1. Of a float only 1 and -1 square to exactly 1."""
     if tensor.numel() == 0:
         return
-    low, high = _range(tensor.abs())
+    low, high = _range(tensor * tensor if tensor.is_floating_point() else tensor.abs())
     if low == 1 and high == 1:  # NaN makes both comparisons False
         return
     bad = tensor.abs() != 1
@@ -258,3 +263,77 @@ def check_index_range(
         f"class{'' if num_classes == 1 else 'es'} (dim {class_dim}); valid indices are 0.."
         f"{num_classes - 1}{extra} ({_of(count, target.numel(), 'value')} out of range)"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# multi-class and multi-label calls (what is wrong, when a call is not the common case)
+# --------------------------------------------------------------------------------------------
+
+
+def check_class_scores(input: Tensor, *, any_batch_dims: bool = False) -> None:
+    """``input`` holds class scores on its last dim: ``(N, C)`` or ``(C,)`` (``any_batch_dims``:
+    ``(*, C)``), a floating tensor with at least one class."""
+    require_scores("input", input, what="class scores")
+    if input.dim() == 0 or (input.dim() > 2 and not any_batch_dims):
+        hint = ""
+        if input.dim() > 2:
+            hint = (
+                "; for scores at every position of (N, C, d1, ...), put the classes last and "
+                "flatten: input.movedim(1, -1).flatten(0, -2)"
+            )
+        raise LossValueError(
+            f"input must hold class scores of shape (N, C) or (C,), got shape "
+            f"{shape_str(input.shape)}{hint}"
+        )
+    if input.shape[-1] == 0:
+        raise LossValueError(
+            f"input has shape {shape_str(input.shape)}: 0 classes (dim {input.dim() - 1}); "
+            "the loss needs at least one class score per sample"
+        )
+
+
+def check_multi_margin_call(input: Tensor, target: Tensor) -> torch.Size:
+    """``multi_margin_loss``'s scores and class indices; return the per-sample loss's shape."""
+    check_class_scores(input)
+    require_index_target(target, what="class indices")
+    require_same_device("target", target, "input", input)
+    if input.dim() == 1:  # unbatched: one index, 0-dim (torch also takes shape (1,))
+        if target.dim() <= 1 and target.numel() == 1:
+            return target.shape
+        raise LossValueError(
+            f"target has shape {shape_str(target.shape)}, but the unbatched input of shape "
+            f"{shape_str(input.shape)} needs one class index, a 0-dim target"
+        )
+    n = input.shape[0]
+    if target.shape == (n,):
+        return target.shape
+    hint = ""
+    if target.shape == (n, 1):
+        hint = ": drop the size-1 dimension with target.squeeze(1)"
+    elif target.shape == input.shape:
+        hint = ": for a one-hot target use target.argmax(1)"
+    raise LossValueError(
+        f"target has shape {shape_str(target.shape)}, but input of shape "
+        f"{shape_str(input.shape)} needs one class index per sample, shape ({n},){hint}"
+    )
+
+
+def check_multilabel_call(input: Tensor, target: Tensor) -> None:
+    """``multilabel_margin_loss``'s scores and label lists (integer, of the input's shape)."""
+    check_class_scores(input)
+    require_index_target(target, what="class indices (-1 ends a row's list)")
+    require_same_device("target", target, "input", input)
+    if target.shape != input.shape:
+        raise LossValueError(
+            f"target has shape {shape_str(target.shape)} but input has shape "
+            f"{shape_str(input.shape)}; multilabel_margin_loss needs a target of the input's "
+            "shape: each row's class indices, then -1 (pad the rest with -1)"
+        )
+
+
+def check_label_lists(target: Tensor, num_classes: int) -> None:
+    """``multilabel_margin_loss``'s values: in [-1, C) everywhere, as torch requires."""
+    check_index_range(
+        target, num_classes, low=-1, class_dim=target.dim() - 1,
+        extra=", or -1 to end a row's list",
+    )  # fmt: skip

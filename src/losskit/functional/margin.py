@@ -259,78 +259,13 @@ def margin_ranking_loss(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_class_scores(input: Tensor, *, any_batch_dims: bool = False) -> None:
-    """``input`` holds class scores on its last dim: ``(N, C)`` or ``(C,)`` (or ``(*, C)``)."""
-    M.require_scores("input", input, what="class scores")
-    if input.dim() == 0 or (input.dim() > 2 and not any_batch_dims):
-        hint = ""
-        if input.dim() > 2:
-            hint = (
-                "; for scores at every position of (N, C, d1, ...), put the classes last and "
-                "flatten: input.movedim(1, -1).flatten(0, -2)"
-            )
-        raise V.LossValueError(
-            f"input must hold class scores of shape (N, C) or (C,), got shape "
-            f"{V.shape_str(input.shape)}{hint}"
-        )
-    if input.shape[-1] == 0:
-        raise V.LossValueError(
-            f"input has shape {V.shape_str(input.shape)}: 0 classes (dim {input.dim() - 1}); "
-            "the loss needs at least one class score per sample"
-        )
-
-
-def _index_shape(input: Tensor, target: Tensor) -> torch.Size:
-    """Check ``multi_margin_loss``'s target shape; return the per-sample loss's shape."""
-    if input.dim() == 1:  # unbatched: one index, 0-dim (torch also takes shape (1,))
-        if target.dim() <= 1 and target.numel() == 1:
-            return target.shape
-        raise V.LossValueError(
-            f"target has shape {V.shape_str(target.shape)}, but the unbatched input of shape "
-            f"{V.shape_str(input.shape)} needs one class index, a 0-dim target"
-        )
-    n = input.shape[0]
-    if target.shape == (n,):
-        return target.shape
-    hint = ""
-    if target.shape == (n, 1):
-        hint = ": drop the size-1 dimension with target.squeeze(1)"
-    elif target.shape == input.shape:
-        hint = ": for a one-hot target use target.argmax(1)"
-    raise V.LossValueError(
-        f"target has shape {V.shape_str(target.shape)}, but input of shape "
-        f"{V.shape_str(input.shape)} needs one class index per sample, shape ({n},){hint}"
-    )
-
-
-def _check_multi_margin(input: Tensor, target: Tensor) -> torch.Size:
-    """Check ``multi_margin_loss``'s input and target; return the per-sample loss's shape."""
-    if (
-        isinstance(input, Tensor)
-        and isinstance(target, Tensor)
-        and input.dtype in M.FLOATING
-        and target.dtype in M.INTEGER
-        and input.device == target.device
-    ):
-        shape, index_shape = input.shape, target.shape
-        if len(shape) == 2 and shape[1] and index_shape == shape[:1]:  # the common case
-            return index_shape
-    # the checks that name what is wrong
-    _check_class_scores(input)
-    M.require_index_target(target, what="class indices")
-    V.require_same_device("target", target, "input", input)
-    return _index_shape(input, target)
-
-
-def _plain_kernel(input: Tensor, mask: Tensor | None, normalizer: object) -> bool:
-    """Whether a multi-class / multi-label margin call is one kernel call as it stands: torch's
-    CPU kernels lack half types, and reduce an empty batch to an uninitialized value."""
-    return (
-        mask is None
-        and normalizer is None
-        and input.dtype not in _LOW_PRECISION
-        and input.numel() != 0
-    )
+#: the dtypes of the multi-class / multi-label margin kernels on every device (torch's CPU
+#: kernels lack half types, which are computed in float32)
+_KERNEL_DTYPES = frozenset((torch.float32, torch.float64))
+#: Whether torch's CPU kernels check the class indices themselves (raising a RuntimeError,
+#: which losskit replaces by its own message): there ``validate=True`` costs nothing before the
+#: call. Elsewhere (CUDA: a device-side assert, which poisons the context) losskit checks first.
+_CPU_KERNEL_CHECKS_INDICES = True
 
 
 def multi_margin_loss(
@@ -384,26 +319,47 @@ def multi_margin_loss(
     reduction = resolve(reduction, size_average, reduce)
     p = M.check_margin_p(p)
     margin = M.check_number("margin", margin)
-    shape = _check_multi_margin(input, target)
-    num_classes = input.shape[-1]
+    try:  # the common case in one condition (a non-tensor fails at .dtype)
+        scores, shape = input.shape, target.shape
+        common = (
+            input.dtype in M.FLOATING
+            and target.dtype in M.INTEGER
+            and len(scores) == 2
+            and len(shape) == 1
+            and scores[1]
+            and shape[0] == scores[0]
+            and input.device == target.device
+        )
+    except AttributeError:
+        common = False
+    if not common:
+        shape = M.check_multi_margin_call(input, target)
+        scores = input.shape
+    num_classes = scores[-1]
     if weight is not None:
         V.check_class_weight(weight, num_classes, input)
     if mask is not None:
         M.check_sample_mask(mask, shape)
     if normalizer is not None:
         V.check_normalizer(normalizer, reduction)
-    if validate:
+    checked_by_kernel = _CPU_KERNEL_CHECKS_INDICES and input.is_cpu
+    if validate and not checked_by_kernel:
         M.check_index_range(fill(target, mask, 0), num_classes, class_dim=input.dim() - 1)
-    if target.dtype != torch.int64:
+    if target.dtype is not torch.int64:
         target = target.long()
-    x = input.float() if input.dtype in _LOW_PRECISION else input
-    if weight is not None and weight.dtype != x.dtype:
+    x = input if input.dtype in _KERNEL_DTYPES else input.float()
+    if weight is not None and weight.dtype is not x.dtype:
         weight = weight.to(x.dtype)
-    if _plain_kernel(input, mask, normalizer):
-        return _nn.multi_margin_loss(input, target, p, margin, weight, ENUM[reduction])
-    if mask is not None:
-        x, target = keep(x, rows(mask, shape, x)), fill(target, mask, 0)
-    loss = _nn.multi_margin_loss(x, target, p, margin, weight, 0)
+    try:
+        if mask is None and normalizer is None and x is input and scores[0]:  # not empty
+            return _nn.multi_margin_loss(input, target, p, margin, weight, ENUM[reduction])
+        if mask is not None:
+            x, target = keep(x, rows(mask, shape, x)), fill(target, mask, 0)
+        loss = _nn.multi_margin_loss(x, target, p, margin, weight, 0)
+    except RuntimeError:
+        if validate and checked_by_kernel:  # the kernel saw the indices as they are here
+            M.check_index_range(target, num_classes, class_dim=input.dim() - 1)
+        raise
     return finish(loss, reduction, mask, normalizer, input.dtype)
 
 
@@ -447,44 +403,42 @@ def multilabel_margin_loss(
         tensor(0.8500)
     """
     reduction = resolve(reduction, size_average, reduce)
-    if not (
-        isinstance(input, Tensor)
-        and isinstance(target, Tensor)
-        and input.dtype in M.FLOATING
-        and target.dtype in M.INTEGER
-        and 1 <= input.dim() <= 2
-        and input.shape[-1]
-        and input.shape == target.shape
-        and input.device == target.device
-    ):  # one condition for the common case; the checks below name what is wrong
-        _check_class_scores(input)
-        M.require_index_target(target, what="class indices (-1 ends a row's list)")
-        V.require_same_device("target", target, "input", input)
-        raise V.LossValueError(
-            f"target has shape {V.shape_str(target.shape)} but input has shape "
-            f"{V.shape_str(input.shape)}; multilabel_margin_loss needs a target of the input's "
-            "shape: each row's class indices, then -1 (pad the rest with -1)"
+    try:  # the common case in one condition (a non-tensor fails at .dtype)
+        scores = input.shape
+        common = (
+            input.dtype in M.FLOATING
+            and target.dtype in M.INTEGER
+            and 1 <= len(scores) <= 2
+            and scores[-1]
+            and target.shape == scores
+            and input.device == target.device
         )
-    shape = input.shape[:-1]
-    num_classes = input.shape[-1]
+    except AttributeError:
+        common = False
+    if not common:
+        M.check_multilabel_call(input, target)
+    shape, num_classes = scores[:-1], scores[-1]
     if mask is not None:
         M.check_sample_mask(mask, shape)
     if normalizer is not None:
         V.check_normalizer(normalizer, reduction)
     kept = None if mask is None else rows(mask, shape, input)
-    if validate:
-        M.check_index_range(
-            fill(target, kept, -1), num_classes, low=-1, class_dim=input.dim() - 1,
-            extra=", or -1 to end a row's list",
-        )  # fmt: skip
-    if target.dtype != torch.int64:
+    checked_by_kernel = _CPU_KERNEL_CHECKS_INDICES and input.is_cpu
+    if validate and not checked_by_kernel:
+        M.check_label_lists(fill(target, kept, -1), num_classes)
+    if target.dtype is not torch.int64:
         target = target.long()
-    if _plain_kernel(input, mask, normalizer):
-        return _nn.multilabel_margin_loss(input, target, ENUM[reduction])
-    x = input.float() if input.dtype in _LOW_PRECISION else input
-    if kept is not None:
-        x, target = keep(x, kept), fill(target, kept, -1)
-    loss = _nn.multilabel_margin_loss(x, target, 0)
+    try:
+        x = input if input.dtype in _KERNEL_DTYPES else input.float()
+        if mask is None and normalizer is None and x is input and scores[0]:  # not empty
+            return _nn.multilabel_margin_loss(input, target, ENUM[reduction])
+        if kept is not None:
+            x, target = keep(x, kept), fill(target, kept, -1)
+        loss = _nn.multilabel_margin_loss(x, target, 0)
+    except RuntimeError:
+        if validate and checked_by_kernel:  # the kernel saw the indices as they are here
+            M.check_label_lists(target, num_classes)
+        raise
     return finish(loss, reduction, mask, normalizer, input.dtype)
 
 
@@ -544,7 +498,7 @@ def multilabel_soft_margin_loss(
         and input.shape == target.shape
         and input.device == target.device
     ):  # one condition for the common case; the checks below name what is wrong
-        _check_class_scores(input, any_batch_dims=True)
+        M.check_class_scores(input, any_batch_dims=True)
         V.require_real("target", target)
         M.require_paired("input", input, target=target)
     if weight is not None:
