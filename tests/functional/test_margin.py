@@ -448,13 +448,10 @@ def test_errors_of_the_multilabel_losses():
     _raises(V, "got shape ()", soft, torch.tensor(1.0), torch.tensor(1.0))
 
 
-@pytest.mark.parametrize("kernel_checks", (True, False), ids=("cpu", "checked-first"))
-def test_index_errors_whoever_checks(kernel_checks, monkeypatch):
-    """On the CPU torch's kernels check the indices and losskit words the error; elsewhere (a
-    device-side assert on CUDA) losskit checks first. Both: the same error, masked samples not
-    checked, and validate=False leaves it to torch."""
-    if not kernel_checks:
-        monkeypatch.setattr(LM, "_CPU_KERNEL_CHECKS_INDICES", False)
+def test_index_errors_before_the_kernel():
+    """losskit checks the indices before torch's kernel runs (on CUDA a bad index is a
+    device-side assert): a LossIndexError, masked samples not checked, and validate=False
+    leaves the indices to torch."""
     bad_mm, bad_mlm = torch.tensor([0, 3, 1, 0]), ML.where(ML != 2, 3)
     for fn, bad in ((LM.multi_margin_loss, bad_mm), (LM.multilabel_margin_loss, bad_mlm)):
         for x in (X, X.bfloat16()):
@@ -462,10 +459,9 @@ def test_index_errors_whoever_checks(kernel_checks, monkeypatch):
         keep = torch.tensor([True, False, False, True])
         expected = fn(X[keep], bad[keep], reduction="sum")
         assert_close_to_torch(fn(X, bad, reduction="sum", mask=keep), expected)
-        if kernel_checks:
-            with pytest.raises(RuntimeError) as info:
-                fn(X, bad, validate=False)
-            assert not isinstance(info.value, LossError)
+        with pytest.raises(RuntimeError) as info:  # torch's CPU kernel's own check
+            fn(X, bad, validate=False)
+        assert not isinstance(info.value, LossError)
 
 
 def test_validate_false_skips_the_value_checks():

@@ -14,7 +14,14 @@ from torch import Tensor
 
 from .errors import LossIndexError, LossTypeError, LossValueError
 from .options import check_float_option
-from .tensors import check_mask, position, require_same_device, require_tensor, shape_str
+from .tensors import (
+    check_mask,
+    position,
+    require_same_device,
+    require_tensor,
+    shape_str,
+)
+from .tensors import value_range as _range
 
 __all__ = [
     "check_class_scores",
@@ -36,14 +43,6 @@ __all__ = [
     "require_scores",
     "require_sign_dtype",
 ]
-
-
-def _range(tensor: Tensor) -> tuple[float, float]:
-    """The smallest and largest value of a non-empty tensor (NaN anywhere makes both NaN)."""
-    low, high = torch.aminmax(tensor)
-    if tensor.device.type == "cpu":  # two host reads are cheaper than a stack on the CPU
-        return low.item(), high.item()
-    return torch.stack((low, high)).tolist()
 
 
 def _first_bad(bad: Tensor, tensor: Tensor) -> tuple[int, str, object]:

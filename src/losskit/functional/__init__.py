@@ -5,11 +5,24 @@ Where torch has the loss, the signature and defaults are torch's (positional ord
 keyword-only.
 """
 
-from . import binary, categorical, focal, linear, regression
+from . import binary, categorical, embedding, focal, linear, margin, regression
 from .binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from .categorical import count_targets, cross_entropy, kl_div, nll_loss
+from .embedding import (
+    cosine_embedding_loss,
+    triplet_margin_loss,
+    triplet_margin_with_distance_loss,
+)
 from .focal import focal_loss, sigmoid_focal_loss
 from .linear import linear_cross_entropy
+from .margin import (
+    hinge_embedding_loss,
+    margin_ranking_loss,
+    multi_margin_loss,
+    multilabel_margin_loss,
+    multilabel_soft_margin_loss,
+    soft_margin_loss,
+)
 from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
 
 __all__ = [
@@ -17,18 +30,29 @@ __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "categorical",
+    "cosine_embedding_loss",
     "count_targets",
     "cross_entropy",
+    "embedding",
     "focal",
     "focal_loss",
+    "hinge_embedding_loss",
     "huber_loss",
     "kl_div",
     "l1_loss",
     "linear",
     "linear_cross_entropy",
+    "margin",
+    "margin_ranking_loss",
     "mse_loss",
+    "multi_margin_loss",
+    "multilabel_margin_loss",
+    "multilabel_soft_margin_loss",
     "nll_loss",
     "regression",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
+    "soft_margin_loss",
+    "triplet_margin_loss",
+    "triplet_margin_with_distance_loss",
 ]

@@ -262,10 +262,6 @@ def margin_ranking_loss(
 #: the dtypes of the multi-class / multi-label margin kernels on every device (torch's CPU
 #: kernels lack half types, which are computed in float32)
 _KERNEL_DTYPES = frozenset((torch.float32, torch.float64))
-#: Whether torch's CPU kernels check the class indices themselves (raising a RuntimeError,
-#: which losskit replaces by its own message): there ``validate=True`` costs nothing before the
-#: call. Elsewhere (CUDA: a device-side assert, which poisons the context) losskit checks first.
-_CPU_KERNEL_CHECKS_INDICES = True
 
 
 def multi_margin_loss(
@@ -342,24 +338,18 @@ def multi_margin_loss(
         M.check_sample_mask(mask, shape)
     if normalizer is not None:
         V.check_normalizer(normalizer, reduction)
-    checked_by_kernel = _CPU_KERNEL_CHECKS_INDICES and input.is_cpu
-    if validate and not checked_by_kernel:
+    if validate:  # before the kernel: on CUDA a bad index is a device-side assert
         M.check_index_range(fill(target, mask, 0), num_classes, class_dim=input.dim() - 1)
     if target.dtype is not torch.int64:
         target = target.long()
     x = input if input.dtype in _KERNEL_DTYPES else input.float()
     if weight is not None and weight.dtype is not x.dtype:
         weight = weight.to(x.dtype)
-    try:
-        if mask is None and normalizer is None and x is input and scores[0]:  # not empty
-            return _nn.multi_margin_loss(input, target, p, margin, weight, ENUM[reduction])
-        if mask is not None:
-            x, target = keep(x, rows(mask, shape, x)), fill(target, mask, 0)
-        loss = _nn.multi_margin_loss(x, target, p, margin, weight, 0)
-    except RuntimeError:
-        if validate and checked_by_kernel:  # the kernel saw the indices as they are here
-            M.check_index_range(target, num_classes, class_dim=input.dim() - 1)
-        raise
+    if mask is None and normalizer is None and x is input and scores[0]:  # not empty
+        return _nn.multi_margin_loss(input, target, p, margin, weight, ENUM[reduction])
+    if mask is not None:
+        x, target = keep(x, rows(mask, shape, x)), fill(target, mask, 0)
+    loss = _nn.multi_margin_loss(x, target, p, margin, weight, 0)
     return finish(loss, reduction, mask, normalizer, input.dtype)
 
 
@@ -423,22 +413,16 @@ def multilabel_margin_loss(
     if normalizer is not None:
         V.check_normalizer(normalizer, reduction)
     kept = None if mask is None else rows(mask, shape, input)
-    checked_by_kernel = _CPU_KERNEL_CHECKS_INDICES and input.is_cpu
-    if validate and not checked_by_kernel:
+    if validate:  # before the kernel: on CUDA a bad index is a device-side assert
         M.check_label_lists(fill(target, kept, -1), num_classes)
     if target.dtype is not torch.int64:
         target = target.long()
-    try:
-        x = input if input.dtype in _KERNEL_DTYPES else input.float()
-        if mask is None and normalizer is None and x is input and scores[0]:  # not empty
-            return _nn.multilabel_margin_loss(input, target, ENUM[reduction])
-        if kept is not None:
-            x, target = keep(x, kept), fill(target, kept, -1)
-        loss = _nn.multilabel_margin_loss(x, target, 0)
-    except RuntimeError:
-        if validate and checked_by_kernel:  # the kernel saw the indices as they are here
-            M.check_label_lists(target, num_classes)
-        raise
+    x = input if input.dtype in _KERNEL_DTYPES else input.float()
+    if mask is None and normalizer is None and x is input and scores[0]:  # not empty
+        return _nn.multilabel_margin_loss(input, target, ENUM[reduction])
+    if kept is not None:
+        x, target = keep(x, kept), fill(target, kept, -1)
+    loss = _nn.multilabel_margin_loss(x, target, 0)
     return finish(loss, reduction, mask, normalizer, input.dtype)
 
 

@@ -8,27 +8,46 @@ call of the matching function in :mod:`losskit.functional`, which the class name
 as keyword arguments.
 
 One file per family, as in :mod:`losskit.functional`: ``regression``, ``binary``,
-``categorical``, ``focal``, ``linear``; ``_base`` holds what they share.
+``categorical``, ``margin``, ``embedding``, ``likelihood``, ``sequence``, ``focal``, ``linear``;
+``_base`` holds what they share.
 """
 
 from .binary import BCELoss, BCEWithLogitsLoss
 from .categorical import CrossEntropyLoss, KLDivLoss, NLLLoss, NLLLoss2d
+from .embedding import CosineEmbeddingLoss, TripletMarginLoss, TripletMarginWithDistanceLoss
 from .focal import FocalLoss, SigmoidFocalLoss
 from .linear import LinearCrossEntropyLoss
+from .margin import (
+    HingeEmbeddingLoss,
+    MarginRankingLoss,
+    MultiLabelMarginLoss,
+    MultiLabelSoftMarginLoss,
+    MultiMarginLoss,
+    SoftMarginLoss,
+)
 from .regression import HuberLoss, L1Loss, MSELoss, SmoothL1Loss
 
 __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
+    "CosineEmbeddingLoss",
     "CrossEntropyLoss",
     "FocalLoss",
+    "HingeEmbeddingLoss",
     "HuberLoss",
     "KLDivLoss",
     "L1Loss",
     "LinearCrossEntropyLoss",
     "MSELoss",
+    "MarginRankingLoss",
+    "MultiLabelMarginLoss",
+    "MultiLabelSoftMarginLoss",
+    "MultiMarginLoss",
     "NLLLoss",
     "NLLLoss2d",
     "SigmoidFocalLoss",
     "SmoothL1Loss",
+    "SoftMarginLoss",
+    "TripletMarginLoss",
+    "TripletMarginWithDistanceLoss",
 ]
