@@ -23,12 +23,22 @@ from typing import Literal
 
 import pytest
 import torch
+from hypothesis import Phase, settings
 from torch import Tensor
 
 # Without a GPU the Triton kernels run in Triton's interpreter, which must be chosen before any
 # kernel is defined (`make test` exports it too; this covers a bare `pytest`).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Property tests report the first failing example as drawn, without shrinking it: on the
+# interpreted kernels one shrink took Hypothesis over 6 minutes (past the suite's 10-minute
+# budget), and every property here draws small shapes with a printed seed, so the example as
+# drawn reproduces. A test's own @settings override the rest of this profile.
+settings.register_profile(
+    "losskit", phases=(Phase.explicit, Phase.reuse, Phase.generate), print_blob=True
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "losskit"))
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 

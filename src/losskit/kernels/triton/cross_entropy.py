@@ -108,7 +108,7 @@ def _ce_chunk_kernel(
     if counted:
         y_lane = (y - c0).to(tl.int32)  # the target's lane in this chunk (may be outside)
         # Step 1. Read this chunk of the row once, into registers, as float32 z'.
-        z, th = load_logits(x_chunk + lane, ok, softcap, inv_softcap, HAS_SOFTCAP, MODE == 0)
+        z, dz = load_logits(x_chunk + lane, ok, softcap, inv_softcap, HAS_SOFTCAP, MODE == 0)
         if HAS_WEIGHT and HAS_SMOOTH:
             w = tl.load(W + c0 + lane, mask=ok, other=0.0)
         else:
@@ -121,7 +121,7 @@ def _ce_chunk_kernel(
             # the target logit, read directly by the chunk that owns it (a where-sum over the
             # held block would cost ~20 more registers per thread)
             owns_y = (y_lane >= 0) & (y_lane < CW)
-            zy_j, thy = load_logits(
+            zy_j, _dzy = load_logits(
                 x_chunk + y_lane, owns_y, softcap, inv_softcap, HAS_SOFTCAP, False
             )
             zy_j = tl.where(owns_y, zy_j, 0.0)
@@ -182,7 +182,7 @@ def _ce_chunk_kernel(
                 else:
                     scale = 1.0
                 g = grad_block(
-                    z, th, lane, y_lane, lse, a, b, w, eps_over_v, scale, HAS_SMOOTH, HAS_SOFTCAP
+                    z, dz, lane, y_lane, lse, a, b, w, eps_over_v, scale, HAS_SMOOTH, HAS_SOFTCAP
                 )
                 tl.store(G + row * stride_g + c0 + lane, g.to(G.dtype.element_ty), mask=ok)
     else:
@@ -224,12 +224,12 @@ def _ce_rowloop_kernel(
         for start in range(0, V, BLOCK):
             cols = start + lane
             ok = cols < V
-            z, th = load_logits(x_row + cols, ok, softcap, inv_softcap, HAS_SOFTCAP, False)
+            z, dz = load_logits(x_row + cols, ok, softcap, inv_softcap, HAS_SOFTCAP, False)
             m, se, swz = online_block(m, se, swz, z, ok, W + cols, HAS_WEIGHT, HAS_SMOOTH)
         lse = m + tl.log(se)
 
         # Step 2. Row loss from lse and the target logit.
-        zy, thy = load_logits(x_row + y, True, softcap, inv_softcap, HAS_SOFTCAP, False)
+        zy, _dzy = load_logits(x_row + y, True, softcap, inv_softcap, HAS_SOFTCAP, False)
         loss, zterm, a, b = row_terms(
             lse, zy, swz, W, WSUM, y, V, one_minus_eps, eps_over_v, z_coef,
             HAS_WEIGHT, HAS_SMOOTH, HAS_Z,
@@ -247,13 +247,13 @@ def _ce_rowloop_kernel(
             for start in range(0, V, BLOCK):
                 cols = start + lane
                 ok = cols < V
-                z, th = load_logits(x_row + cols, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
+                z, dz = load_logits(x_row + cols, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
                 if HAS_WEIGHT and HAS_SMOOTH:
                     w = tl.load(W + cols, mask=ok, other=0.0)
                 else:
                     w = 1.0
                 g = grad_block(
-                    z, th, lane, (y - start).to(tl.int32), lse, a, b, w, eps_over_v, scale,
+                    z, dz, lane, (y - start).to(tl.int32), lse, a, b, w, eps_over_v, scale,
                     HAS_SMOOTH, HAS_SOFTCAP,
                 )  # fmt: skip
                 tl.store(g_row + cols, g.to(G.dtype.element_ty), mask=ok)

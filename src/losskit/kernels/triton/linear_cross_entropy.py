@@ -82,7 +82,7 @@ def _tile_stats_kernel(
     for start in range(0, width, BLOCK):
         cols = start + lane
         ok = cols < width
-        z, th = load_logits(z_row + cols, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
+        z, dz = load_logits(z_row + cols, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
         zy += tl.sum(tl.where(cols == y_lane, z, 0.0), 0)
         m, se, swz = online_block(m, se, swz, z, ok, W + c0 + cols, HAS_WEIGHT, HAS_SMOOTH)
     # Step 2. Merge with the row's running statistics (earlier tiles).
@@ -114,7 +114,7 @@ def _tile_grad_kernel(
     ok = cols < width
     y_lane = (tl.load(Y + row) - c0).to(tl.int32)
     ptrs = Z + row * stride_z + cols
-    z, th = load_logits(ptrs, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
+    z, dz = load_logits(ptrs, ok, softcap, inv_softcap, HAS_SOFTCAP, True)
     if HAS_WEIGHT and HAS_SMOOTH:
         w = tl.load(W + c0 + cols, mask=ok, other=0.0)
     else:
@@ -125,7 +125,7 @@ def _tile_grad_kernel(
     # grad_block computes scale * (exp(z - lse) a - b [c == y] - e w) (1 - tanh^2); with the
     # factor r already in ra, rb, re, pass a = ra, b = rb, e = re and scale 1.
     g = grad_block(
-        z, th, cols, y_lane, tl.load(LSE + row), ra, rb, w, re, 1.0, HAS_SMOOTH, HAS_SOFTCAP
+        z, dz, cols, y_lane, tl.load(LSE + row), ra, rb, w, re, 1.0, HAS_SMOOTH, HAS_SOFTCAP
     )
     tl.store(ptrs, g.to(Z.dtype.element_ty), mask=ok)
 
