@@ -57,66 +57,29 @@ def check_classification(
         require_floating(input_name, input, what="logits or log-probabilities")
     if target.device != input.device:
         require_same_device("target", target, input_name, input)
-    ndim = input.dim()
+    shape = input.shape  # read once: each read of .shape builds a torch.Size
+    ndim = len(shape)
     if ndim == 0:
         raise LossValueError(
             f"{input_name} must have a class dimension: expected shape (C,), (N, C) or "
             f"(N, C, d1, ...), got a 0-dim tensor"
         )
     class_dim = 0 if ndim == 1 else 1
-    num_classes = input.size(class_dim)
+    num_classes = shape[class_dim]
     if weight is not None:
         check_class_weight(weight, num_classes, input)
-    check_ignore_index(ignore_index)
+    if type(ignore_index) is not int:  # the helper accepts int subclasses, refuses the rest
+        check_ignore_index(ignore_index)
 
-    if target.is_floating_point():
-        index_shape = index_target_shape(input)
-        if target.shape == input.shape and allow_probabilities:
-            if ignore_index != -100:
-                raise LossValueError(
-                    f"ignore_index={ignore_index} applies to class-index targets only; to leave "
-                    "out positions of a probability target, pass mask= (True where the position "
-                    "counts)"
-                )
-            if validate:
-                kept = None
-                if mask is not None:
-                    check_mask(mask, index_shape)
-                    kept = mask.expand(index_shape).unsqueeze(class_dim)
-                if kept is not None:
-                    target = torch.where(kept, target, torch.zeros((), dtype=target.dtype))
-                tensors.check_unit_interval("target", target, what="class probabilities")
-            return True
-        if target.shape == index_shape:
-            raise LossTypeError(
-                f"target has shape {shape_str(target.shape)} (the class-index shape) but "
-                f"dtype {target.dtype}; class indices must be integers: use target.long()"
-                + (
-                    f" (or pass probabilities of the {input_name}'s shape {shape_str(input.shape)})"
-                    if allow_probabilities
-                    else ""
-                )
-            )
-        if allow_probabilities and target.dim() == input.dim():
-            other = [d for d in range(input.dim()) if d != class_dim]
-            if all(target.shape[d] == input.shape[d] for d in other):
-                raise LossValueError(
-                    f"target holds probabilities over {target.shape[class_dim]} classes (dim "
-                    f"{class_dim}) but {input_name} has {num_classes} classes; a probability "
-                    f"target must have the {input_name}'s shape {shape_str(input.shape)}"
-                )
-        expected = f"{shape_str(input.shape)} (probabilities)" if allow_probabilities else "nothing"
-        raise LossValueError(
-            f"target has shape {shape_str(target.shape)} and dtype {target.dtype}; expected "
-            f"integer class indices of shape {shape_str(index_shape)} or floating targets of "
-            f"shape {expected}"
-        )
-
-    if target.dtype == torch.bool or target.is_complex():
-        require_index_dtype(target)
-    if not _index_shape_matches(input, target, ndim):
-        index_shape = index_target_shape(input)
-        _explain_index_shape(input, target, index_shape, input_name, allow_probabilities)
+    if target.dtype not in _INDEX_DTYPES:  # the common call: one lookup decides the form
+        if target.is_floating_point():
+            return _check_floating_target(
+                input, target, class_dim, num_classes, ignore_index=ignore_index,
+                validate=validate, allow_probabilities=allow_probabilities,
+                input_name=input_name, mask=mask,
+            )  # fmt: skip
+        require_index_dtype(target)  # bool or complex: refused; other integer dtypes go on
+    _check_index_target(input, target, shape, input_name, allow_probabilities)
     if validate:
         if mask is not None:
             check_mask(mask, target.shape)
@@ -125,14 +88,85 @@ def check_classification(
     return False
 
 
-def _index_shape_matches(input: Tensor, target: Tensor, ndim: int) -> bool:
-    """``target.shape == index_target_shape(input)``, without building a ``torch.Size`` for
-    the common 1-D and 2-D inputs."""
+def _check_floating_target(
+    input: Tensor,
+    target: Tensor,
+    class_dim: int,
+    num_classes: int,
+    *,
+    ignore_index: int,
+    validate: bool,
+    allow_probabilities: bool,
+    input_name: str,
+    mask: Tensor | None,
+) -> bool:
+    """A floating target: probabilities of the input's shape (True), or the error that says
+    what it looks like instead."""
+    index_shape = index_target_shape(input)
+    if target.shape == input.shape and allow_probabilities:
+        if ignore_index != -100:
+            raise LossValueError(
+                f"ignore_index={ignore_index} applies to class-index targets only; to leave "
+                "out positions of a probability target, pass mask= (True where the position "
+                "counts)"
+            )
+        if validate:
+            kept = None
+            if mask is not None:
+                check_mask(mask, index_shape)
+                kept = mask.expand(index_shape).unsqueeze(class_dim)
+            if kept is not None:
+                target = torch.where(kept, target, torch.zeros((), dtype=target.dtype))
+            tensors.check_unit_interval("target", target, what="class probabilities")
+        return True
+    if target.shape == index_shape:
+        raise LossTypeError(
+            f"target has shape {shape_str(target.shape)} (the class-index shape) but "
+            f"dtype {target.dtype}; class indices must be integers: use target.long()"
+            + (
+                f" (or pass probabilities of the {input_name}'s shape {shape_str(input.shape)})"
+                if allow_probabilities
+                else ""
+            )
+        )
+    if allow_probabilities and target.dim() == input.dim():
+        other = [d for d in range(input.dim()) if d != class_dim]
+        if all(target.shape[d] == input.shape[d] for d in other):
+            raise LossValueError(
+                f"target holds probabilities over {target.shape[class_dim]} classes (dim "
+                f"{class_dim}) but {input_name} has {num_classes} classes; a probability "
+                f"target must have the {input_name}'s shape {shape_str(input.shape)}"
+            )
+    expected = f"{shape_str(input.shape)} (probabilities)" if allow_probabilities else "nothing"
+    raise LossValueError(
+        f"target has shape {shape_str(target.shape)} and dtype {target.dtype}; expected "
+        f"integer class indices of shape {shape_str(index_shape)} or floating targets of "
+        f"shape {expected}"
+    )
+
+
+#: the integer dtypes class indices may have (any width; the kernels take int64)
+_INDEX_DTYPES = frozenset(
+    (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+    + tuple(getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n))
+)
+
+
+def _check_index_target(
+    input: Tensor, target: Tensor, shape: torch.Size, name: str, allow_probabilities: bool
+) -> None:
+    """An integer target has the class-index shape of ``input`` (whose ``shape`` is given),
+    without building that ``torch.Size`` for the common 1-D and 2-D inputs."""
+    tshape = target.shape
+    ndim = len(shape)
     if ndim == 2:
-        return target.dim() == 1 and target.size(0) == input.size(0)
-    if ndim == 1:
-        return target.dim() == 0
-    return target.shape == index_target_shape(input)
+        matches = len(tshape) == 1 and tshape[0] == shape[0]
+    elif ndim == 1:
+        matches = len(tshape) == 0
+    else:
+        matches = tshape == index_target_shape(input)
+    if not matches:
+        _explain_index_shape(input, target, index_target_shape(input), name, allow_probabilities)
 
 
 def _explain_index_shape(

@@ -264,7 +264,7 @@ def _fused_applies(input: Tensor) -> bool:
     """Whether ``impl='auto'`` would try the fused kernel for class-index targets: on CUDA, and
     on CPU inputs from :data:`losskit._dispatch.CPU_FUSED_MIN_ELEMENTS` logits up (below that,
     the reference is faster)."""
-    return input.device.type != "cpu" or input.numel() >= D.CPU_FUSED_MIN_ELEMENTS
+    return not input.is_cpu or input.numel() >= D.CPU_FUSED_MIN_ELEMENTS
 
 
 def _fused_cross_entropy(
