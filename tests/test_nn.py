@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import itertools
 import pickle
@@ -11,6 +12,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from conftest import assert_torch_signature, check_against_torch
 
 import losskit
@@ -144,6 +146,47 @@ def _setups():
 
 
 SETUPS = {s[0]: s for s in _setups()}
+
+
+def _torch_loss_modules() -> list[str]:
+    """Every loss Module of the installed ``torch.nn`` (``AdaptiveLogSoftmaxWithLoss`` is a
+    layer with parameters that returns a loss among its outputs, not a loss: it is left out)."""
+    return sorted(
+        name
+        for name in dir(torch.nn.modules.loss)
+        if name.endswith("Loss") and not name.startswith("_")
+    )
+
+
+def _torch_loss_functions() -> list[str]:
+    """Every loss function of the installed ``torch.nn.functional``."""
+    names = {"binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy"}
+    names |= {"kl_div", "nll_loss"}
+    return sorted(names | {n for n in dir(F) if n.endswith("_loss") and not n.startswith("_")})
+
+
+def _newer_positional(ours, theirs) -> tuple[str, ...]:
+    """losskit's positional parameters after torch's: those a newer torch has (``weight`` of
+    the regression losses on torch < 2.13), which each family's own test pins."""
+    extra = list(inspect.signature(ours).parameters.values())
+    extra = extra[len(inspect.signature(theirs).parameters) :]
+    return tuple(q.name for q in extra if q.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+@pytest.mark.parametrize("name", _torch_loss_modules())
+def test_every_torch_loss_module_has_its_twin(name):
+    """``losskit.XxxLoss`` for every ``torch.nn.XxxLoss``, with torch's constructor."""
+    assert hasattr(losskit, name), f"losskit has no {name}"
+    ours, theirs = getattr(losskit, name), getattr(nn, name)
+    assert_torch_signature(ours, theirs, _newer_positional(ours, theirs))
+
+
+@pytest.mark.parametrize("name", _torch_loss_functions())
+def test_every_torch_loss_function_has_its_twin(name):
+    """``losskit.functional.xxx`` for every loss of ``torch.nn.functional``, torch's signature."""
+    assert hasattr(LF, name), f"losskit.functional has no {name}"
+    ours, theirs = getattr(LF, name), getattr(F, name)
+    assert_torch_signature(ours, theirs, _newer_positional(ours, theirs))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -5,7 +5,17 @@ Where torch has the loss, the signature and defaults are torch's (positional ord
 keyword-only.
 """
 
-from . import binary, categorical, embedding, focal, linear, margin, regression
+from . import (
+    binary,
+    categorical,
+    embedding,
+    focal,
+    likelihood,
+    linear,
+    margin,
+    regression,
+    sequence,
+)
 from .binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from .categorical import count_targets, cross_entropy, kl_div, nll_loss
 from .embedding import (
@@ -14,6 +24,7 @@ from .embedding import (
     triplet_margin_with_distance_loss,
 )
 from .focal import focal_loss, sigmoid_focal_loss
+from .likelihood import gaussian_nll_loss, poisson_nll_loss
 from .linear import linear_cross_entropy
 from .margin import (
     hinge_embedding_loss,
@@ -24,6 +35,7 @@ from .margin import (
     soft_margin_loss,
 )
 from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
+from .sequence import ctc_loss
 
 __all__ = [
     "binary",
@@ -33,13 +45,16 @@ __all__ = [
     "cosine_embedding_loss",
     "count_targets",
     "cross_entropy",
+    "ctc_loss",
     "embedding",
     "focal",
     "focal_loss",
+    "gaussian_nll_loss",
     "hinge_embedding_loss",
     "huber_loss",
     "kl_div",
     "l1_loss",
+    "likelihood",
     "linear",
     "linear_cross_entropy",
     "margin",
@@ -49,7 +64,9 @@ __all__ = [
     "multilabel_margin_loss",
     "multilabel_soft_margin_loss",
     "nll_loss",
+    "poisson_nll_loss",
     "regression",
+    "sequence",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
     "soft_margin_loss",

@@ -16,6 +16,7 @@ from .binary import BCELoss, BCEWithLogitsLoss
 from .categorical import CrossEntropyLoss, KLDivLoss, NLLLoss, NLLLoss2d
 from .embedding import CosineEmbeddingLoss, TripletMarginLoss, TripletMarginWithDistanceLoss
 from .focal import FocalLoss, SigmoidFocalLoss
+from .likelihood import GaussianNLLLoss, PoissonNLLLoss
 from .linear import LinearCrossEntropyLoss
 from .margin import (
     HingeEmbeddingLoss,
@@ -26,13 +27,16 @@ from .margin import (
     SoftMarginLoss,
 )
 from .regression import HuberLoss, L1Loss, MSELoss, SmoothL1Loss
+from .sequence import CTCLoss
 
 __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
+    "CTCLoss",
     "CosineEmbeddingLoss",
     "CrossEntropyLoss",
     "FocalLoss",
+    "GaussianNLLLoss",
     "HingeEmbeddingLoss",
     "HuberLoss",
     "KLDivLoss",
@@ -45,6 +49,7 @@ __all__ = [
     "MultiMarginLoss",
     "NLLLoss",
     "NLLLoss2d",
+    "PoissonNLLLoss",
     "SigmoidFocalLoss",
     "SmoothL1Loss",
     "SoftMarginLoss",
