@@ -101,13 +101,17 @@ def ctc_loss(
     ``'mean'`` divides each sample's loss by its target length (at least 1) and averages those
     over the batch, as torch does; with a ``mask``, over the kept samples; with a
     ``normalizer``, their sum (kept samples only) is divided by it instead (0 gives 0).
-    ``'sum'`` adds the undivided losses.
+    ``'sum'`` adds the undivided losses. An empty batch (``N == 0``) or input (``T == 0``),
+    which torch's kernel refuses, gives what the definition does: 0 for an empty target, inf
+    otherwise (``'mean'`` of no samples is NaN, as torch's mean of nothing).
 
     Args:
         log_probs: log-probabilities (e.g. ``log_softmax(-1)`` of scores), float32 or float64
             (torch's kernels have no other dtype).
         targets: integer class labels, none equal to ``blank``: padded ``(N, S)`` (a sample's
-            labels first, then anything), or concatenated ``(sum(target_lengths),)``.
+            labels first, then anything), or concatenated ``(sum(target_lengths),)``; for one
+            sample ``(S,)`` or ``(1, S)``, padded (torch reads ``(S,)`` as concatenated and
+            needs ``target_lengths == S``; losskit passes it on as one row).
         input_lengths: ``(N,)``, each in ``[0, T]``: a tensor or a sequence of ints.
         target_lengths: ``(N,)``, each in ``[0, S]`` for padded targets: a tensor or a
             sequence of ints.
@@ -147,6 +151,10 @@ def ctc_loss(
         VL.check_ctc_labels(targets, call, blank, kept)
         if not zero_infinity:
             VL.check_ctc_feasible(targets, call, kept)
+    if not call.batched and targets.dim() == 1:
+        # torch reads one sample's (S,) targets as concatenated, so its target length would have
+        # to be S; as one padded row they may run past it, as the docs say
+        targets = targets.unsqueeze(0)
     if mask is None and normalizer is None and call.T > 0 and call.N > 0:
         if not call.both_tensors:
             input_lengths, target_lengths = call.input_lengths, call.target_lengths
