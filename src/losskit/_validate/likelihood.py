@@ -49,11 +49,14 @@ def check_nonnegative(name: str, tensor: Tensor, *, what: str, hint: str = "") -
     count = int(bad.sum())
     flat = int(bad.reshape(-1).nonzero()[0, 0])
     value = tensor.reshape(-1)[flat].item()
-    entries = "entry" if count == 1 else "entries"
+    where = f"{value:g} at position {position(flat, tensor.shape)}"
+    found = (
+        f"1 negative or NaN entry of {tensor.numel()}, {where}"
+        if count == 1
+        else f"{count} negative or NaN entries of {tensor.numel()}; the first is {where}"
+    )
     raise LossValueError(
-        f"{name} must hold {what} >= 0, got {count} negative or NaN {entries} of "
-        f"{tensor.numel()}; the first is {value:g} at position {position(flat, tensor.shape)}"
-        + (f" ({hint})" if hint else "")
+        f"{name} must hold {what} >= 0, got {found}" + (f" ({hint})" if hint else "")
     )
 
 
@@ -96,7 +99,12 @@ def check_gaussian_shapes(input: Tensor, target: Tensor, var: Tensor | None) -> 
         return True
     if _one_dim_of_size_1(var.shape, shape):
         return False
-    fewer = shape_str(shape[:-1]) if len(shape) else "none"
+    if not len(shape):
+        raise LossValueError(
+            f"var has shape {shape_str(var.shape)} but input is 0-dim; var must be 0-dim too, "
+            "or a number"
+        )
+    fewer = shape_str(shape[:-1])
     raise LossValueError(
         f"var has shape {shape_str(var.shape)}, which does not pair with the input's shape "
         f"{shape_str(shape)}: var must have the input's shape (one variance per element), that "
@@ -127,14 +135,19 @@ class CTCCall:
 
 def _lengths(name: str, value: object, count: int, batched: bool) -> tuple[int, ...]:
     """``value`` (a tensor, a sequence of ints, or an int) as a host tuple of ``count`` ints."""
-    what = f"({count},), one length per sample" if batched else "(), the sample's length"
+    what = (
+        f"one length per sample, shape ({count},) (log_probs has {count} samples, dim 1)"
+        if batched
+        else "the one sample's length (log_probs of shape (T, C) holds one sample): an int, "
+        "or a tensor of shape () or (1,)"
+    )
     if isinstance(value, Tensor):
         if value.dtype == torch.bool or value.is_floating_point() or value.is_complex():
             raise LossTypeError(
                 f"{name} must hold integer lengths (int64 or int32), got dtype {value.dtype}"
             )
         if value.numel() != count:
-            raise LossValueError(f"{name} must have shape {what}, got {shape_str(value.shape)}")
+            raise LossValueError(f"{name} must be {what}, got shape {shape_str(value.shape)}")
         return tuple(value.reshape(-1).tolist())
     if isinstance(value, bool):
         raise LossTypeError(f"{name} must be a tensor or a sequence of ints, got bool")
@@ -146,14 +159,17 @@ def _lengths(name: str, value: object, count: int, batched: bool) -> tuple[int, 
         )
     out = []
     for i, v in enumerate(value):
-        if isinstance(v, bool) or (isinstance(v, Tensor) and v.is_floating_point()):
-            raise LossTypeError(f"{name}[{i}] must be an int, got {v!r}")
         try:
+            if isinstance(v, bool):
+                raise TypeError
             out.append(operator.index(v))
         except TypeError:
-            raise LossTypeError(f"{name}[{i}] must be an int, got {type(v).__name__}") from None
+            got = (
+                f"{v!r} ({type(v).__name__})" if isinstance(v, (bool, float)) else type(v).__name__
+            )
+            raise LossTypeError(f"{name}[{i}] must be an int, got {got}") from None
     if len(out) != count:
-        raise LossValueError(f"{name} must hold {what}, got {len(out)} lengths")
+        raise LossValueError(f"{name} must be {what}, got {len(out)} lengths")
     return tuple(out)
 
 
@@ -223,8 +239,14 @@ def check_ctc_call(
             f"{shape_str(targets.shape)}"
         )
     if targets.dim() not in (1, 2):
-        form = "(N, S) (padded) or (sum(target_lengths),) (concatenated)" if batched else "(S,)"
-        raise LossValueError(f"targets must have shape {form}, got {shape_str(targets.shape)}")
+        form = (
+            "(N, S) (padded) or (sum(target_lengths),) (concatenated)"
+            if batched
+            else "(S,) or (1, S)"
+        )
+        raise LossValueError(
+            f"targets must have shape {form}, got shape {shape_str(targets.shape)}"
+        )
     S = targets.shape[-1]
     for i, n in enumerate(il):
         if not 0 <= n <= T:
@@ -297,11 +319,14 @@ def check_ctc_labels(targets: Tensor, call: CTCCall, blank: int, keep: Sequence[
         if value == blank
         else f"outside [0, {call.C}), the classes of log_probs (dim {2 if call.batched else 1})"
     )
-    labels = "label" if count == 1 else "labels"
+    found = (
+        f"1 bad label within the target lengths: {at} = {value} is {why}"
+        if count == 1
+        else f"{count} bad labels within the target lengths; the first, {at} = {value}, is {why}"
+    )
+    padding = " (padding past a sample's target length may hold anything)" if call.padded else ""
     raise LossIndexError(
-        f"targets hold {count} bad {labels} within the target lengths; the first, {at} = "
-        f"{value}, is {why}. Labels must be classes other than the blank (padding beyond a "
-        "sample's target length may hold anything)"
+        f"targets hold {found}. Labels must be classes other than the blank{padding}"
     )
 
 
@@ -345,10 +370,16 @@ def check_ctc_feasible(targets: Tensor, call: CTCCall, keep: Sequence[bool]) -> 
             continue
         sample = f"sample {n}" if call.batched else "the sample"
         at = f"[{n}]" if call.batched else ""
+        repeats = "1 repeat" if r == 1 else f"{r} repeats"
+        why = (
+            f"has {repeats} (a label equal to the one before it, which needs a blank between "
+            f"the two), so it needs {l_} + {r} = {l_ + r} time steps"
+            if r
+            else f"needs {l_} time steps"
+        )
         raise LossValueError(
-            f"{sample} cannot be aligned: its target has target_lengths{at} = {l_} labels, "
-            f"{r} of them repeating the label before (each repeat needs a blank between), so "
-            f"it needs at least {l_} + {r} = {l_ + r} time steps, but input_lengths{at} = {i}; "
-            "torch would return an infinite loss (0 with zero_infinity=True). Lengthen the "
-            "input, or leave the sample out with mask= (or pass zero_infinity=True)"
+            f"{sample} cannot be aligned: its target of target_lengths{at} = {l_} labels {why}, "
+            f"but input_lengths{at} = {i}; torch would return an infinite loss (0 with "
+            "zero_infinity=True). Lengthen the input, leave the sample out with mask=, or pass "
+            "zero_infinity=True"
         )
