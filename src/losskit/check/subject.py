@@ -61,10 +61,14 @@ def torch_twins() -> dict[type, Callable]:
 
 
 def _same_inputs(fn: Callable, cls: type) -> bool:
+    """Whether ``fn`` takes the inputs ``cls.forward`` takes: the same second parameter (the
+    first may be named differently: ``PoissonNLLLoss.forward`` calls its input ``log_input``,
+    as torch's does; the linear loss's function takes the head's ``weight`` second)."""
     try:
-        return _inputs(fn, 0) == _inputs(cls.forward, 1)  # forward also takes self
+        ours, module = _inputs(fn, 0), _inputs(cls.forward, 1)  # forward also takes self
     except (TypeError, ValueError):  # no signature to read
         return False
+    return len(ours) == len(module) == 2 and ours[1] == module[1]
 
 
 def _inputs(fn: Callable, start: int) -> list[str]:

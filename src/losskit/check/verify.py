@@ -44,11 +44,25 @@ def _quiet_warnings():
         yield
 
 
-def _guard(name: str, fn: Callable[[], PropertyResult]) -> PropertyResult:
+#: added to a call that refused check's own examples ((input, target), floats in [0, 1)): a
+#: loss taking other inputs (a variance, lengths, a third tensor, class indices) fails there
+#: whatever its quality, and the fix is to pass its inputs
+_MADE_EXAMPLES_HINT = (
+    " (on the (input, target) examples check made itself: pass the loss's own inputs, "
+    "check(loss, *inputs), or on the command line --shape/--target)"
+)
+
+
+def _guard(name: str, fn: Callable[[], PropertyResult], hint: str = "") -> PropertyResult:
+    """Run one property; one that raises fails, and says why (with ``hint`` when the error is
+    about the arguments: a TypeError, ValueError or IndexError)."""
     try:
         return fn()
-    except Exception as exc:  # a property that raises fails, and says why
-        return PropertyResult(name, False, detail=error_text(exc))
+    except Exception as exc:
+        detail = error_text(exc)
+        if hint and isinstance(exc, (TypeError, ValueError, IndexError)):
+            detail += hint
+        return PropertyResult(name, False, detail=detail)
 
 
 def check(
@@ -110,7 +124,8 @@ def check(
     grad_inputs = tuple(grad_inputs)
     report = CheckReport(subject.name, describe(args))
     with _quiet_warnings():
-        first = _guard("call", lambda: prop_call(subject, args))
+        hint = "" if example_inputs else _MADE_EXAMPLES_HINT
+        first = _guard("call", lambda: prop_call(subject, args), hint)
         report.results.append(first)
         runs: dict[str, Callable[[], PropertyResult]] = {
             "inputs unchanged": lambda: prop_untouched(subject, args),

@@ -105,6 +105,12 @@ def ctc_loss(
     which torch's kernel refuses, gives what the definition does: 0 for an empty target, inf
     otherwise (``'mean'`` of no samples is NaN, as torch's mean of nothing).
 
+    The gradient is torch's: that of the *scores* under ``log_softmax``, which the kernel folds
+    in (it assumes each time step's log-probabilities sum to 1). Chained through
+    ``log_softmax`` it is the exact gradient; with respect to free log-probabilities it is not
+    (``gradcheck`` on ``log_probs`` fails, as it does on torch's), and there is no second
+    derivative.
+
     Args:
         log_probs: log-probabilities (e.g. ``log_softmax(-1)`` of scores), float32 or float64
             (torch's kernels have no other dtype).
