@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .errors import LossIndexError, LossTypeError, LossValueError
-from .tensors import position, require_tensor, shape_str
+from .tensors import position, require_tensor, shape_str, value_range
 
 __all__ = [
     "CTCCall",
@@ -39,11 +39,13 @@ _KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def check_nonnegative(name: str, tensor: Tensor, *, what: str, hint: str = "") -> None:
-    """Every value of ``tensor`` is >= 0 (NaN fails too): one reduction, a sync only to read it.
+    """Every value of ``tensor`` is >= 0 (NaN fails too): the one min/max pass of
+    :func:`~losskit._validate.tensors.value_range` (a comparison and ``.all()`` would cost two
+    ops where one already costs as much as a small loss).
 
     The message gives the count of bad values and the first one with its position.
     """
-    if tensor.numel() == 0 or bool((tensor >= 0).all()):
+    if tensor.numel() == 0 or tensor.dtype == torch.bool or value_range(tensor)[0] >= 0:
         return
     bad = ~(tensor >= 0)
     count = int(bad.sum())
