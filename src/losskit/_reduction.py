@@ -43,6 +43,8 @@ def resolve(
     point at the caller of the public function that called this one, ``depth`` frames further
     out when that function reached here through helpers.
     """
+    if reduction in VALID_REDUCTIONS and size_average is None and reduce is None:
+        return reduction  # the common call
     if size_average is not None or reduce is not None:
         return legacy_get_string(size_average, reduce, stacklevel=4 + depth)
     if reduction == "elementwise_mean":

@@ -35,6 +35,7 @@ from .options import (
 )
 from .targets import check_classification, index_target_shape
 from .tensors import (
+    FLOATING,
     check_class_indices,
     check_class_weight,
     check_elementwise,
@@ -57,6 +58,7 @@ from .tensors import (
 
 __all__ = [
     "ACCUMULATE",
+    "FLOATING",
     "BUDGETS",
     "LinearCall",
     "check_linear_call",

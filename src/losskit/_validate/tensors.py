@@ -262,11 +262,19 @@ def check_elementwise(
     reduction: str,
 ) -> None:
     """An elementwise loss's pairing of input and target (same device, equal shapes: no silent
-    broadcasting), and its ``mask`` and ``normalizer``."""
-    require_same_device("target", target, "input", input)
-    require_same_shape(input, target)
-    check_mask(mask, target.shape)
-    check_normalizer(normalizer, reduction)
+    broadcasting), and its ``mask`` and ``normalizer``.
+
+    Each cheap test calls its helper (which words the error) only when it fails: on a tiny
+    input every call and attribute read here is a visible part of the loss's cost."""
+    if target.device != input.device:
+        require_same_device("target", target, "input", input)
+    shape = target.shape
+    if shape != input.shape:
+        require_same_shape(input, target)
+    if mask is not None:
+        check_mask(mask, shape)
+    if normalizer is not None:
+        check_normalizer(normalizer, reduction)
 
 
 def check_elementwise_weight(

@@ -35,11 +35,18 @@ def _check(
 ) -> float:
     """Check a binary cross-entropy call (``reduction`` already resolved); return the checked
     label smoothing."""
-    label_smoothing = V.check_float_option("label_smoothing", label_smoothing, low=0.0, high=1.0)
-    V.require_floating("input", input)
-    V.require_floating("target", target)
+    # each cheap test calls its helper (which words the error) only when it fails
+    if type(label_smoothing) is not float or label_smoothing != 0.0:
+        label_smoothing = V.check_float_option(
+            "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
+    if not isinstance(input, Tensor) or input.dtype not in V.FLOATING:
+        V.require_floating("input", input)
+    if not isinstance(target, Tensor) or target.dtype not in V.FLOATING:
+        V.require_floating("target", target)
     V.check_elementwise(input, target, mask=mask, normalizer=normalizer, reduction=reduction)
-    V.check_elementwise_weight("weight", weight, input, exact=False)
+    if weight is not None:
+        V.check_elementwise_weight("weight", weight, input, exact=False)
     if validate:  # positions left out by the mask may hold anything (missing labels)
         V.check_unit_interval("target", keep(target, mask), what="probabilities")
     return label_smoothing
@@ -58,15 +65,20 @@ def _plain(
     dtype, float32 or float64. A target that requires grad takes the reference, whose target
     gradient is finite at predictions of exactly 0 or 1 (torch's is inf there), and so does a
     weight that requires grad (torch's kernels give it none)."""
-    return (
+    dtype = input.dtype
+    if not (
         label_smoothing == 0.0
         and mask is None
         and normalizer is None
-        and input.dtype in _torch.DTYPES
-        and target.dtype == input.dtype
+        and dtype in _torch.DTYPES
+        and target.dtype == dtype
         and not target.requires_grad
-        and all(t is None or (t.dtype == input.dtype and not t.requires_grad) for t in others)
-    )
+    ):
+        return False
+    for t in others:
+        if t is not None and (t.dtype != dtype or t.requires_grad):
+            return False
+    return True
 
 
 def _smooth_labels(target: Tensor, label_smoothing: float) -> Tensor:
