@@ -15,6 +15,7 @@ from .options import check_ignore_index
 from .tensors import (
     check_class_weight,
     check_mask,
+    check_normalizer,
     require_floating,
     require_index_dtype,
     require_same_device,
@@ -41,11 +42,15 @@ def check_classification(
     allow_probabilities: bool,
     input_name: str = "input",
     mask: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+    reduction: str = "mean",
 ) -> bool:
-    """Check a classification call; return True for probability targets, False for indices.
+    """Check a classification call (and its ``mask`` and ``normalizer``); return True for
+    probability targets, False for indices.
 
     Values at positions ``mask`` leaves out are not checked (padding may hold anything). A
     non-default ``ignore_index`` with probability targets is refused (it could only be a no-op).
+    ``reduction`` (resolved) is only read to check the ``normalizer``.
     """
     # the common call costs a handful of attribute reads: each check below only calls its
     # helper (which builds the message) when the cheap test has failed
@@ -70,6 +75,8 @@ def check_classification(
         check_class_weight(weight, num_classes, input)
     if type(ignore_index) is not int:  # the helper accepts int subclasses, refuses the rest
         check_ignore_index(ignore_index)
+    if normalizer is not None:
+        check_normalizer(normalizer, reduction)
 
     if target.dtype not in _INDEX_DTYPES:  # the common call: one lookup decides the form
         if target.is_floating_point():
@@ -79,11 +86,19 @@ def check_classification(
                 input_name=input_name, mask=mask,
             )  # fmt: skip
         require_index_dtype(target)  # bool or complex: refused; other integer dtypes go on
-    _check_index_target(input, target, shape, input_name, allow_probabilities)
-    if validate:
-        if mask is not None:
-            check_mask(mask, target.shape)
+    tshape = target.shape
+    if ndim == 2:  # the common input: no torch.Size built for the index shape
+        matches = len(tshape) == 1 and tshape[0] == shape[0]
+    else:
+        matches = tshape == index_target_shape(input)
+    if not matches:
+        _explain_index_shape(input, target, index_target_shape(input), input_name,
+                             allow_probabilities)  # fmt: skip
+    if mask is not None:
+        check_mask(mask, tshape)
+        if validate:
             target = torch.where(mask, target, ignore_index)
+    if validate:
         tensors.check_class_indices(target, num_classes, ignore_index, class_dim)
     return False
 
@@ -110,12 +125,11 @@ def _check_floating_target(
                 "out positions of a probability target, pass mask= (True where the position "
                 "counts)"
             )
+        if mask is not None:
+            check_mask(mask, index_shape)
         if validate:
-            kept = None
             if mask is not None:
-                check_mask(mask, index_shape)
                 kept = mask.expand(index_shape).unsqueeze(class_dim)
-            if kept is not None:
                 target = torch.where(kept, target, torch.zeros((), dtype=target.dtype))
             tensors.check_unit_interval("target", target, what="class probabilities")
         return True
@@ -150,23 +164,6 @@ _INDEX_DTYPES = frozenset(
     (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
     + tuple(getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n))
 )
-
-
-def _check_index_target(
-    input: Tensor, target: Tensor, shape: torch.Size, name: str, allow_probabilities: bool
-) -> None:
-    """An integer target has the class-index shape of ``input`` (whose ``shape`` is given),
-    without building that ``torch.Size`` for the common 1-D and 2-D inputs."""
-    tshape = target.shape
-    ndim = len(shape)
-    if ndim == 2:
-        matches = len(tshape) == 1 and tshape[0] == shape[0]
-    elif ndim == 1:
-        matches = len(tshape) == 0
-    else:
-        matches = tshape == index_target_shape(input)
-    if not matches:
-        _explain_index_shape(input, target, index_target_shape(input), name, allow_probabilities)
 
 
 def _explain_index_shape(

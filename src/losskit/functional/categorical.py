@@ -28,7 +28,6 @@ from . import _torch
 from ._common import compute_dtype, flatten_classes, keep, result_dtype
 
 __all__ = [
-    "check_categorical",
     "class_rows",
     "count_targets",
     "cross_entropy",
@@ -36,37 +35,6 @@ __all__ = [
     "nll_loss",
     "reference_cross_entropy",
 ]
-
-
-def check_categorical(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    opts: V.CrossEntropyOptions,
-    mask: Tensor | None,
-    normalizer: float | Tensor | None,
-    validate: bool,
-    *,
-    probabilities: bool = True,
-) -> bool:
-    """Every check of a categorical loss's call; True for probability targets.
-
-    ``probabilities=False``: the loss takes class indices only (NLL).
-    """
-    is_probabilities = V.check_classification(
-        input,
-        target,
-        weight=weight,
-        ignore_index=opts.ignore_index,
-        validate=validate,
-        allow_probabilities=probabilities,
-        mask=mask,
-    )
-    if mask is not None:
-        V.check_mask(mask, V.index_target_shape(input) if is_probabilities else target.shape)
-    if normalizer is not None:
-        V.check_normalizer(normalizer, opts.reduction)
-    return is_probabilities
 
 
 def _plain(
@@ -416,7 +384,10 @@ def cross_entropy(
         size_average=size_average, reduce=reduce,
     )  # fmt: skip
     V.check_impl(impl)
-    probabilities = check_categorical(input, target, weight, opts, mask, normalizer, validate)
+    probabilities = V.check_classification(
+        input, target, weight=weight, ignore_index=opts.ignore_index, validate=validate,
+        allow_probabilities=True, mask=mask, normalizer=normalizer, reduction=opts.reduction,
+    )  # fmt: skip
     if inplace_backward and impl == "reference":
         raise V.LossValueError("inplace_backward=True needs impl='fused' or 'auto'")
     if (
@@ -486,7 +457,10 @@ def nll_loss(
     opts = V.cross_entropy_options(
         reduction, ignore_index, size_average=size_average, reduce=reduce
     )
-    check_categorical(input, target, weight, opts, mask, normalizer, validate, probabilities=False)
+    V.check_classification(
+        input, target, weight=weight, ignore_index=opts.ignore_index, validate=validate,
+        allow_probabilities=False, mask=mask, normalizer=normalizer, reduction=opts.reduction,
+    )  # fmt: skip
     if _plain(input, target, weight, mask, normalizer, probabilities=False):
         index = target if target.dtype == torch.int64 else target.long()
         return _torch.nll_loss(input, index, weight, opts.reduction, ignore_index)

@@ -24,7 +24,7 @@ from .. import _validate as V
 from .._reduction import reduce as reduce_loss
 from .._reduction import resolve
 from ._common import compute_dtype, flatten_classes, keep, result_dtype
-from .categorical import check_categorical, class_rows
+from .categorical import class_rows
 
 __all__ = ["focal_loss", "sigmoid_focal_loss"]
 
@@ -191,7 +191,10 @@ def focal_loss(
     """
     opts = V.cross_entropy_options(reduction, ignore_index)
     gamma = V.check_float_option("gamma", gamma, low=0.0)
-    probabilities = check_categorical(input, target, weight, opts, mask, normalizer, validate)
+    probabilities = V.check_classification(
+        input, target, weight=weight, ignore_index=opts.ignore_index, validate=validate,
+        allow_probabilities=True, mask=mask, normalizer=normalizer, reduction=opts.reduction,
+    )  # fmt: skip
 
     tensors = [input] + ([target] if probabilities else [])
     dtype = compute_dtype(*tensors)
