@@ -117,8 +117,7 @@ def _check_floating_target(
 ) -> bool:
     """A floating target: probabilities of the input's shape (True), or the error that says
     what it looks like instead."""
-    index_shape = index_target_shape(input)
-    if target.shape == input.shape and allow_probabilities:
+    if allow_probabilities and target.shape == input.shape:
         if ignore_index != -100:
             raise LossValueError(
                 f"ignore_index={ignore_index} applies to class-index targets only; to leave "
@@ -126,13 +125,15 @@ def _check_floating_target(
                 "counts)"
             )
         if mask is not None:
+            index_shape = index_target_shape(input)
             check_mask(mask, index_shape)
-        if validate:
-            if mask is not None:
+            if validate:
                 kept = mask.expand(index_shape).unsqueeze(class_dim)
                 target = torch.where(kept, target, torch.zeros((), dtype=target.dtype))
+        if validate:
             tensors.check_unit_interval("target", target, what="class probabilities")
         return True
+    index_shape = index_target_shape(input)
     if target.shape == index_shape:
         raise LossTypeError(
             f"target has shape {shape_str(target.shape)} (the class-index shape) but "
