@@ -27,6 +27,16 @@ EXPECTED = {
     "05_module_vs_functional.py": ["identical outputs once the weights are shared"],
     "06_dropout.py": ["Model1 eval():  [1.0, 1.0", "Model3 eval():"],
     "07_training.py": ["epoch 8: training loss", "held-out accuracy 9"],
+    "08_transformers.py": [
+        "OK: LlamaForCausalLM: loss",
+        "max |difference| over 30 steps: ",
+        "patched / unpatched: ",
+    ],
+}
+# script -> (the module it needs, the extra that installs it): skipped without it
+NEEDS = {
+    "07_training.py": ("sklearn", "losskit[demo]"),
+    "08_transformers.py": ("transformers", "losskit[transformers]"),
 }
 
 
@@ -36,8 +46,9 @@ def test_every_example_is_listed() -> None:
 
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_example_runs(script: str) -> None:
-    if script == "07_training.py" and importlib.util.find_spec("sklearn") is None:
-        pytest.skip("needs scikit-learn (losskit[demo])")
+    module, extra = NEEDS.get(script, ("", ""))
+    if module and importlib.util.find_spec(module) is None:
+        pytest.skip(f"needs {module} ({extra})")
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / script)],
         capture_output=True,
