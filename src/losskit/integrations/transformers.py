@@ -210,11 +210,20 @@ def _split(model: PreTrainedModel, original: Callable, args: tuple, kwargs: dict
     arguments = dict(bound.arguments)
     arguments.pop(next(iter(signature.parameters)))  # self
     extra: dict = {}
+    star = ""  # the name of a *args that got positional arguments
     for name, param in signature.parameters.items():
         if param.kind is inspect.Parameter.VAR_KEYWORD:
             extra = dict(arguments.pop(name, {}))
-    labels = arguments.pop("labels", None)
-    keep = arguments.pop("logits_to_keep", 0)
+        elif param.kind is inspect.Parameter.VAR_POSITIONAL and arguments.pop(name, ()):
+            star = name
+    # a subclass's forward(self, *args, **kwargs) receives even labels through **kwargs
+    labels = arguments.pop("labels", extra.pop("labels", None))
+    if star and labels is not None:
+        raise V.LossValueError(
+            f"the patched {type(model).__name__} got positional arguments that its forward "
+            f"takes as *{star}, which cannot be told apart; pass them by keyword"
+        )
+    keep = arguments.pop("logits_to_keep", extra.pop("logits_to_keep", 0))
     return_dict = arguments.pop("return_dict", extra.pop("return_dict", None))
     loss_kwargs = {k: extra.pop(k) for k in _LOSS_KWARGS if k in extra}
     decoder = inspect.signature(model.base_model.forward).parameters
@@ -259,6 +268,12 @@ def _patched_call(model: PreTrainedModel, state: _Patch, args: tuple, kwargs: di
     labels, keep, return_dict, loss_kwargs, forwarded = _split(model, state.original, args, kwargs)
     if labels is None or (state.train_only and not model.training):
         return state.original(model, *args, **kwargs)
+    if forwarded.get("output_router_logits"):
+        raise V.LossValueError(
+            f"the patched {type(model).__name__} cannot take output_router_logits=True: its loss "
+            "would add the router's auxiliary loss, which losskit's patched forward does not "
+            "compute; unpatch it (or leave the argument out)"
+        )
     if state.recipe is None:  # patch_class: prove the recipe on this instance's first call
         state.recipe = _probe(model, state)
     out = model.base_model(**forwarded)
@@ -285,8 +300,8 @@ def _probe(model: PreTrainedModel, state: _Patch) -> LogitsRecipe:
     ids = (torch.arange(8, device=head.weight.device) * 7 + 1).remainder(vocab)[None]
     training = model.training
     model.eval()
-    try:
-        with torch.no_grad():
+    try:  # outside autocast: the recipe is proved on the weights' own dtype
+        with torch.no_grad(), torch.autocast(head.weight.device.type, enabled=False):
             ref = state.original(model, input_ids=ids, labels=ids, return_dict=True)
             out = model.base_model(input_ids=ids)
             hidden = out[0] if not hasattr(out, "last_hidden_state") else out.last_hidden_state
@@ -326,6 +341,11 @@ def _options(impl: str, loss_options: dict) -> dict:
     return {"impl": impl, **loss_options}
 
 
+def _class_forward(cls: type) -> Callable:
+    """``cls.forward`` as the class defines it, under a :func:`patch_class` if there is one."""
+    return getattr(cls.forward, "__losskit_original__", cls.forward)
+
+
 def patch(
     model: nn.Module,
     *,
@@ -355,10 +375,16 @@ def patch(
     hf = _resolve(model)
     options = _options(impl, loss_options)
     if keep_logits:
+        if loss_options:
+            raise V.LossValueError(
+                f"keep_logits=True installs only the cross-entropy on the model's logits and "
+                f"takes no loss options, got {sorted(loss_options)}"
+            )
+        unpatch(hf)
         hf._loss_function = functools.partial(causal_lm_loss, impl=impl)
         return model
     unpatch(hf)
-    original = type(hf).forward
+    original = _class_forward(type(hf))
     state = _Patch(original, options, train_only)
     state.recipe = _probe(hf, state)
 
@@ -392,6 +418,7 @@ def patch_class(
         return _patched_call(self, state, args, kwargs)
 
     forward.__losskit_original__ = original  # type: ignore[attr-defined]
+    forward.__losskit_inherited__ = "forward" not in cls.__dict__  # type: ignore[attr-defined]
     cls.forward = forward
     return cls
 
@@ -399,8 +426,11 @@ def patch_class(
 def unpatch(target: nn.Module | type) -> None:
     """Undo :func:`patch` on a model (or :func:`patch_class` on a class); a no-op if none."""
     if isinstance(target, type):
-        original = getattr(target.__dict__.get("forward"), "__losskit_original__", None)
-        if original is not None:
+        forward = target.__dict__.get("forward")
+        original = getattr(forward, "__losskit_original__", None)
+        if original is not None and forward.__losskit_inherited__:
+            del target.forward
+        elif original is not None:
             target.forward = original
         return
     hf = _resolve(target)
@@ -483,9 +513,12 @@ def verify(
     full = dtype in (torch.float32, torch.float64)
     tol = tolerance if tolerance is not None else (1e-4 if full else 3e-2)
     params = [(n, p) for n, p in hf.named_parameters() if p.requires_grad]
-    state = hf.__dict__.get(_STATE)
+    state = hf.__dict__.get(_STATE)  #: patch()'s, or patch_class()'s state of this instance
+    instance_patch = "forward" in hf.__dict__
+    loss_function = hf.__dict__.get("_loss_function")
     training = hf.training
     hf.eval()
+    own = None
 
     def run() -> tuple[float, list[Tensor]]:
         saved = [p.grad for _, p in params]
@@ -501,15 +534,22 @@ def verify(
 
     try:
         unpatch(hf)
+        if _class_forward(type(hf)) is not type(hf).forward:  # patch_class: its own forward
+            own = hf.forward = types.MethodType(_class_forward(type(hf)), hf)
         theirs, their_grads = run()
         patch(hf, **patch_options)
         ours, our_grads = run()
     finally:
         unpatch(hf)
+        if own is not None and hf.__dict__.get("forward") is own:
+            del hf.forward
         if state is not None:  # it was patched before: as it was
             setattr(hf, _STATE, state)
+        if state is not None and instance_patch:
             patch(hf, impl=state.options["impl"], train_only=state.train_only,
                   **{k: v for k, v in state.options.items() if k != "impl"})  # fmt: skip
+        if loss_function is not None:
+            hf._loss_function = loss_function
         hf.train(training)
     worst, worst_name = 0.0, "-"
     for (name, _), a, b in zip(params, our_grads, their_grads, strict=True):
