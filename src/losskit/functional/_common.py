@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._reduction import reduce as reduce_loss
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -49,3 +51,18 @@ def flatten_classes(x: Tensor) -> Tensor:
     if x.dim() == 2:
         return x
     return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def finish(
+    loss: Tensor,
+    reduction: str,
+    mask: Tensor | None,
+    normalizer: float | Tensor | None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Reduce torch's ``reduction='none'`` loss with ``mask`` and ``normalizer``; half types are
+    reduced in float32 and rounded once, to ``dtype`` (default: the loss's)."""
+    dtype = loss.dtype if dtype is None else dtype
+    if loss.dtype in _LOW_PRECISION:
+        loss = loss.float()
+    return reduce_loss(loss, reduction, mask=mask, normalizer=normalizer).to(dtype)

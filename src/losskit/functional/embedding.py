@@ -21,8 +21,8 @@ from torch import Tensor
 from .. import _validate as V
 from .._reduction import resolve
 from .._validate import margin as M
-from ._common import keep
-from .margin import ENUM, fill, finish, rows
+from ._common import finish, keep
+from .margin import ENUM, fill, rows
 
 __all__ = ["cosine_embedding_loss", "triplet_margin_loss", "triplet_margin_with_distance_loss"]
 

@@ -13,25 +13,11 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
-from .._reduction import reduce as reduce_loss
 from .._reduction import resolve
 from .._validate import likelihood as VL
-from ._common import keep
+from ._common import finish, keep
 
 __all__ = ["gaussian_nll_loss", "poisson_nll_loss"]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _reduce(
-    loss: Tensor, reduction: str, mask: Tensor | None, normalizer: float | Tensor | None
-) -> Tensor:
-    """torch's ``reduction='none'`` loss reduced by losskit's rule (half types in float32,
-    rounded once)."""
-    dtype = loss.dtype
-    if dtype in _LOW_PRECISION:
-        loss = loss.float()
-    return reduce_loss(loss, reduction, mask=mask, normalizer=normalizer).to(dtype)
 
 
 def poisson_nll_loss(
@@ -107,7 +93,7 @@ def poisson_nll_loss(
     loss = torch.nn.functional.poisson_nll_loss(
         input, target, log_input, full, None, eps, None, "none"
     )
-    return _reduce(loss, reduction, mask, normalizer)
+    return finish(loss, reduction, mask, normalizer)
 
 
 def gaussian_nll_loss(
@@ -184,4 +170,4 @@ def gaussian_nll_loss(
     if mask is None and normalizer is None:
         return torch.nn.functional.gaussian_nll_loss(input, target, var, full, eps, reduction)
     loss = torch.nn.functional.gaussian_nll_loss(input, target, var, full, eps, "none")
-    return _reduce(loss, reduction, mask, normalizer)
+    return finish(loss, reduction, mask, normalizer)

@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _validate as V
-from .._reduction import reduce as reduce_loss
 from .._reduction import resolve
 from .._validate import margin as M
-from ._common import keep
+from ._common import finish, keep
 
 __all__ = [
     "hinge_embedding_loss",
@@ -31,7 +30,6 @@ __all__ = [
     "soft_margin_loss",
 ]
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 #: torch's reduction enum, which its kernels take
 ENUM = {"none": 0, "mean": 1, "sum": 2}
 _nn = torch._C._nn
@@ -54,21 +52,6 @@ def fill(tensor: Tensor, mask: Tensor | None, value: int) -> Tensor:
     if mask is None:
         return tensor
     return torch.where(mask, tensor, value)
-
-
-def finish(
-    loss: Tensor,
-    reduction: str,
-    mask: Tensor | None,
-    normalizer: float | Tensor | None,
-    dtype: torch.dtype | None = None,
-) -> Tensor:
-    """Reduce torch's ``reduction='none'`` loss with ``mask`` and ``normalizer``; half types are
-    reduced in float32 and rounded once, to ``dtype`` (default: the loss's)."""
-    dtype = loss.dtype if dtype is None else dtype
-    if loss.dtype in _LOW_PRECISION:
-        loss = loss.float()
-    return reduce_loss(loss, reduction, mask=mask, normalizer=normalizer).to(dtype)
 
 
 def _check_signed(
