@@ -203,9 +203,26 @@ def _head(model: PreTrainedModel) -> nn.Linear:
     return head
 
 
+@functools.cache
+def _signature(function: Callable) -> inspect.Signature:
+    """``inspect.signature`` of a class's function, read once: every patched call (every
+    generation step too) binds its arguments."""
+    return inspect.signature(function)
+
+
+def _decoder_parameters(decoder: nn.Module) -> Any:
+    """The parameters of ``decoder.forward`` (cached for the class's own forward; a forward set
+    on the instance, e.g. by a hook, is read each time)."""
+    forward = decoder.forward
+    function = getattr(forward, "__func__", None)
+    if function is not None and function is getattr(type(decoder), "forward", None):
+        return _signature(function).parameters  # its first parameter, self, is never passed
+    return inspect.signature(forward).parameters
+
+
 def _split(model: PreTrainedModel, original: Callable, args: tuple, kwargs: dict) -> tuple:
     """The call's arguments: (labels, logits_to_keep, return_dict, loss kwargs, decoder kwargs)."""
-    signature = inspect.signature(original)
+    signature = _signature(original)
     bound = signature.bind(model, *args, **kwargs)
     arguments = dict(bound.arguments)
     arguments.pop(next(iter(signature.parameters)))  # self
@@ -226,7 +243,7 @@ def _split(model: PreTrainedModel, original: Callable, args: tuple, kwargs: dict
     keep = arguments.pop("logits_to_keep", extra.pop("logits_to_keep", 0))
     return_dict = arguments.pop("return_dict", extra.pop("return_dict", None))
     loss_kwargs = {k: extra.pop(k) for k in _LOSS_KWARGS if k in extra}
-    decoder = inspect.signature(model.base_model.forward).parameters
+    decoder = _decoder_parameters(model.base_model)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in decoder.values())
     forwarded = {**arguments, **extra}
     refused = [
