@@ -221,7 +221,7 @@ def _decoder_parameters(decoder: nn.Module) -> Any:
 
 
 def _split(model: PreTrainedModel, original: Callable, args: tuple, kwargs: dict) -> tuple:
-    """The call's arguments: (labels, logits_to_keep, return_dict, loss kwargs, decoder kwargs)."""
+    """The call's arguments: (labels, logits_to_keep, return_dict, loss kwargs, the rest)."""
     signature = _signature(original)
     bound = signature.bind(model, *args, **kwargs)
     arguments = dict(bound.arguments)
@@ -243,9 +243,14 @@ def _split(model: PreTrainedModel, original: Callable, args: tuple, kwargs: dict
     keep = arguments.pop("logits_to_keep", extra.pop("logits_to_keep", 0))
     return_dict = arguments.pop("return_dict", extra.pop("return_dict", None))
     loss_kwargs = {k: extra.pop(k) for k in _LOSS_KWARGS if k in extra}
+    return labels, keep, return_dict, loss_kwargs, {**arguments, **extra}
+
+
+def _decoder_kwargs(model: PreTrainedModel, forwarded: dict) -> dict:
+    """The call's other arguments that the decoder takes; one it cannot take is refused (read
+    only on the fused path: a call that runs the model's own forward hands them on itself)."""
     decoder = _decoder_parameters(model.base_model)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in decoder.values())
-    forwarded = {**arguments, **extra}
     refused = [
         k for k, v in forwarded.items() if k not in decoder and not takes_any and v is not None
     ]
@@ -254,8 +259,7 @@ def _split(model: PreTrainedModel, original: Callable, args: tuple, kwargs: dict
             f"the patched {type(model).__name__} cannot hand {refused} to its decoder "
             f"{type(model.base_model).__name__}, which does not take them"
         )
-    forwarded = {k: v for k, v in forwarded.items() if k in decoder or takes_any}
-    return labels, keep, return_dict, loss_kwargs, forwarded
+    return {k: v for k, v in forwarded.items() if k in decoder or takes_any}
 
 
 def _keep(hidden: Tensor, logits_to_keep: int | Tensor) -> Tensor:
@@ -293,7 +297,7 @@ def _patched_call(model: PreTrainedModel, state: _Patch, args: tuple, kwargs: di
         )
     if state.recipe is None:  # patch_class: prove the recipe on this instance's first call
         state.recipe = _probe(model, state)
-    out = model.base_model(**forwarded)
+    out = model.base_model(**_decoder_kwargs(model, forwarded))
     hidden = _keep(out[0] if not hasattr(out, "last_hidden_state") else out.last_hidden_state, keep)
     loss = _fused_loss(hidden, _head(model), state.recipe, labels, loss_kwargs, state.options)
     result = _output(out, loss)
