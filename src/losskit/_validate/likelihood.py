@@ -22,6 +22,7 @@ from .tensors import position, require_tensor, shape_str, value_range
 
 __all__ = [
     "CTCCall",
+    "check_blank",
     "check_ctc_call",
     "check_ctc_feasible",
     "check_ctc_labels",
@@ -194,6 +195,22 @@ def _require_kernel_dtype(log_probs: Tensor) -> None:
     )
 
 
+def check_blank(blank: object, num_classes: int | None = None, *, class_dim: int = -1) -> int:
+    """CTC's ``blank``: an int class index, in ``[0, num_classes)`` (``>= 0`` when the classes
+    are not known yet, as in ``CTCLoss``'s constructor)."""
+    if isinstance(blank, bool) or not isinstance(blank, int):
+        raise LossTypeError(f"blank must be an int (a class index), got {type(blank).__name__}")
+    if num_classes is None:
+        if blank < 0:
+            raise LossIndexError(f"blank must be a class index >= 0, got {blank}")
+    elif not 0 <= blank < num_classes:
+        raise LossIndexError(
+            f"blank must be a class index in [0, {num_classes}) (log_probs has {num_classes} "
+            f"classes, dim {class_dim}), got {blank}"
+        )
+    return blank
+
+
 def check_ctc_call(
     log_probs: Tensor,
     targets: Tensor,
@@ -213,13 +230,7 @@ def check_ctc_call(
     batched = log_probs.dim() == 3
     T, C = log_probs.shape[0], log_probs.shape[-1]
     N = log_probs.shape[1] if batched else 1
-    if isinstance(blank, bool) or not isinstance(blank, int):
-        raise LossTypeError(f"blank must be an int (a class index), got {type(blank).__name__}")
-    if not 0 <= blank < C:
-        raise LossIndexError(
-            f"blank must be a class index in [0, {C}) (log_probs has {C} classes, dim "
-            f"{log_probs.dim() - 1}), got {blank}"
-        )
+    check_blank(blank, C, class_dim=log_probs.dim() - 1)
     if targets.dtype == torch.bool or targets.is_floating_point() or targets.is_complex():
         raise LossTypeError(
             f"targets must hold integer class indices (int64 or int32), got dtype "

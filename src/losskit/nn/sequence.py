@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from .. import _validate as V
+from .._validate import likelihood as VL
 from ..functional import sequence as LFS
 from ._base import Mask, Normalizer, _Loss, settings
 
@@ -33,13 +33,7 @@ class CTCLoss(_Loss):
         validate: bool = True,
     ) -> None:
         super().__init__(reduction=reduction)
-        if isinstance(blank, bool) or not isinstance(blank, int):
-            raise V.LossTypeError(
-                f"blank must be an int (a class index), got {type(blank).__name__}"
-            )
-        if blank < 0:
-            raise V.LossIndexError(f"blank must be a class index >= 0, got {blank}")
-        self.blank = blank
+        self.blank = VL.check_blank(blank)
         self.zero_infinity = zero_infinity
         self.validate = validate
 
