@@ -15,7 +15,7 @@ from ..recompute import Recompute
 from .epilogue import Chunk, Epilogue
 from .plan import LOGITS_PANEL, ChunkPlan
 
-__all__ = ["LinearCrossEntropyFunction", "linear_cross_entropy", "run_chunks"]
+__all__ = ["Head", "LinearCrossEntropyFunction", "linear_cross_entropy", "run_chunks"]
 
 _F32 = torch.float32
 
@@ -95,6 +95,57 @@ def _logits(z: Tensor, x: Tensor, w: Tensor, bias: Tensor | None) -> None:
             torch.addmm(bias[c0:c1], x, wp.t(), out=zp)
 
 
+class Head:
+    """One linear head ``x @ w.T (+ bias)`` of a chunked loss: the logits of a chunk of rows,
+    and the gradients ``(dX, dW, db)`` that its chunks' logit gradients add up to.
+
+    ``want`` says which of ``dX, dW, db`` to compute (``db`` only with a bias); ``dW``
+    accumulates in float32 or in the weights' dtype, as ``plan.accumulate`` says.
+    """
+
+    def __init__(
+        self, x: Tensor, w: Tensor, bias: Tensor | None, want: tuple[bool, ...], plan: ChunkPlan
+    ) -> None:
+        n, d = x.shape
+        v, dev = w.shape[0], x.device
+        self.x, self.w, self.bias = x, w, bias
+        want_x, want_w, want_b = (bool(f) for f in want)
+        self.want = (want_x, want_w, want_b and bias is not None)
+        self.any = any(self.want)
+        acc_dtype = _F32 if plan.accumulate == "float32" else x.dtype
+        self.dx = _empty(n, d, x.dtype, dev) if want_x else None
+        self.dw = None
+        if want_w:
+            self.dw = (
+                torch.zeros((v, d), dtype=acc_dtype, device=dev) if n == 0
+                else _empty(v, d, acc_dtype, dev)
+            )  # fmt: skip
+        self.db = torch.zeros(v, dtype=_F32, device=dev) if self.want[2] else None
+
+    def logits(self, z: Tensor, i: int, j: int) -> None:
+        """``z = x[i:j] @ w.T (+ bias)`` (whole rows)."""
+        _logits(z, self.x[i:j], self.w, self.bias)
+
+    def backprop(self, g: Tensor, i: int, j: int) -> None:
+        """Rows ``[i, j)``' logit gradient ``g``: ``dX[i:j] = g @ w``, ``dW += g.T @ x[i:j]``
+        (the first chunk writes), ``db += sum_rows g``."""
+        if self.dx is not None:
+            torch.mm(g, self.w, out=self.dx[i:j])
+        if self.dw is not None:
+            _mm_acc(self.dw, g.t(), self.x[i:j], i == 0)
+        if self.db is not None:
+            self.db.add_(g.sum(0, dtype=_F32))
+
+    def grads(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``(dX, dW, db)`` in the dtypes of ``x``, ``w`` and ``bias``."""
+        dw, db = self.dw, self.db
+        if dw is not None and dw.dtype != self.w.dtype:
+            dw = dw.to(self.w.dtype)
+        if db is not None:
+            db = db.to(self.bias.dtype)
+        return self.dx, dw, db
+
+
 # --------------------------------------------------------------------------------------------
 # The chunk loop
 # --------------------------------------------------------------------------------------------
@@ -123,18 +174,10 @@ def run_chunks(
     n, d = x.shape
     v = w.shape[0]
     dev, dtype = x.device, x.dtype
-    want_x, want_w, want_b = want
-    any_grad = want_x or want_w or want_b
+    head = Head(x, w, bias, want, plan)
+    want_x, want_w, want_b = head.want
+    dx, dw, db = head.dx, head.dw, head.db
     loss_rows = torch.empty(n, dtype=_F32, device=dev)
-    acc_dtype = _F32 if plan.accumulate == "float32" else dtype
-    dx = _empty(n, d, dtype, dev) if want_x else None
-    dw = None
-    if want_w:
-        if n == 0:
-            dw = torch.zeros((v, d), dtype=acc_dtype, device=dev)
-        else:
-            dw = _empty(v, d, acc_dtype, dev)
-    db = torch.zeros(v, dtype=_F32, device=dev) if want_b else None
     m_rows, tile = plan.rows, min(plan.tile, v)
     buf = _chunk_buffer(min(m_rows, n) * tile, dtype, dev)
 
@@ -146,14 +189,9 @@ def run_chunks(
         if tile >= v:
             # Whole rows: logits, epilogue in place, then the gradient GEMMs.
             z = buf[: c * v].view(c, v)
-            _logits(z, xc, w, bias)
-            epi.rows(z, ck, loss_rows[i:j], any_grad, None if z_rows is None else z_rows[i:j])
-            if want_x:
-                torch.mm(z, w, out=dx[i:j])
-            if want_w:
-                _mm_acc(dw, z.t(), xc, i == 0)
-            if want_b:
-                db.add_(z.sum(0, dtype=_F32))
+            head.logits(z, i, j)
+            epi.rows(z, ck, loss_rows[i:j], head.any, None if z_rows is None else z_rows[i:j])
+            head.backprop(z, i, j)
             continue
         # Vocabulary tiles: sweep 1 for the row statistics, sweep 2 for the gradient.
         st = epi.new_stats(c, dev)
@@ -166,7 +204,7 @@ def run_chunks(
         loss_rows[i:j] = loss
         if z_rows is not None:
             z_rows[i:j] = epi.z_term(lse)
-        if not any_grad:
+        if not head.any:
             continue
         dx_acc = None
         if want_x:
@@ -186,11 +224,7 @@ def run_chunks(
             dx[i:j].copy_(dx_acc)
 
     buf = z = None  # free the chunk buffer before the float32 dW accumulator is converted
-    if dw is not None and dw.dtype != w.dtype:
-        dw = dw.to(w.dtype)
-    if db is not None:
-        db = db.to(bias.dtype)
-    return loss_rows, dx, dw, db
+    return (loss_rows, *head.grads())
 
 
 # --------------------------------------------------------------------------------------------
