@@ -103,6 +103,8 @@ def inputs_for(name: str) -> tuple:
         return make_examples((4, 3), target="index")
     if name == "LinearCrossEntropyLoss":
         return make_examples((4, 3), target="index")
+    if name == "DistillationLoss":  # student and teacher logits, hard labels
+        return x, y, torch.tensor([0, 2, 1, 1])
     sign = torch.where(x > y, -1.0, 1.0)
     if name == "MarginRankingLoss":
         return x[:, 0], y[:, 0], sign[:, 0]  # the wrong order for each pair
@@ -131,6 +133,15 @@ def test_check_takes_the_twins_from_module_function(name):
     Every losskit loss passes every property, the double backward included."""
     cls = getattr(losskit.nn, name)
     examples = inputs_for(name)
+    if cls is losskit.LinearDistillationLoss:  # the heads are inputs: its twin takes them too
+        g = torch.Generator().manual_seed(0)
+        heads = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in
+                 ((4, 3), (7, 3), (4, 5), (7, 5))]  # fmt: skip
+        for loss in (cls(divergence="jsd"), cls.function):
+            report = run(loss, *heads, grad_inputs=(0, 1))
+            assert report.ok, str(report)
+            assert not report["module = function"].skipped
+        return
     if cls is losskit.LinearCrossEntropyLoss:
         assert run(cls(3, 5), *examples)["module = function"].skipped
         assert run(cls.function, *examples)["module = function"].skipped

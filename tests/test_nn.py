@@ -58,6 +58,8 @@ OTHER_INPUTS = {
     "PoissonNLLLoss",
     "GaussianNLLLoss",
     "CTCLoss",
+    "DistillationLoss",  # tests/functional/test_distillation.py: hard labels, two heads
+    "LinearDistillationLoss",
 }
 
 

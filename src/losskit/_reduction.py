@@ -253,3 +253,27 @@ def count_rows(
         else:
             denominator = w_y.sum()
     return Rows(counted, y, w_y, reduction, denominator, normalizer is not None)
+
+
+def count_positions(
+    target: Tensor | None,
+    n: int,
+    device: torch.device,
+    *,
+    ignore_index: int,
+    reduction: str,
+    mask: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Rows:
+    """The :class:`Rows` of ``n`` unweighted positions whose hard-label ``target`` is optional
+    (the distillation losses): without one, every position that ``mask`` keeps counts."""
+    if target is None:
+        return count_rows(
+            torch.zeros(n, dtype=torch.long, device=device), ignore_index=None,
+            reduction=reduction, mask=mask, normalizer=normalizer, dtype=dtype,
+        )  # fmt: skip
+    return count_rows(
+        target, ignore_index=ignore_index, reduction=reduction, mask=mask, normalizer=normalizer,
+        dtype=dtype,
+    )  # fmt: skip

@@ -27,6 +27,15 @@ _PER_ROW = (
     "triplet_margin_with_distance_loss",
 )
 
+#: losses whose 'none' holds one value per position, the vocabulary last (distillation)
+_PER_POSITION = (
+    "distillation_loss",
+    "jensen_shannon",
+    "kl_divergence",
+    "linear_distillation_loss",
+    "total_variation",
+)
+
 
 def _shape(shape: Sequence[int]) -> str:
     dims = tuple(shape)
@@ -70,6 +79,8 @@ def _none_shape(subject: Subject, args: Sequence, none_shape) -> tuple[int, ...]
     input, target = args[0], args[1] if len(args) > 1 else None
     if subject.function_name in _PER_ROW:
         return () if input.dim() == 1 else (input.shape[0],)
+    if subject.function_name in _PER_POSITION:
+        return tuple(input.shape[:-1])
     if subject.function_name == "ctc_loss":  # log_probs (T, N, C) or unbatched (T, C)
         return () if input.dim() == 2 else (input.shape[1],)
     if isinstance(target, Tensor) and not target.is_floating_point():  # class indices

@@ -8,6 +8,7 @@ keyword-only.
 from . import (
     binary,
     categorical,
+    distillation,
     embedding,
     focal,
     likelihood,
@@ -18,6 +19,13 @@ from . import (
 )
 from .binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from .categorical import count_targets, cross_entropy, kl_div, nll_loss
+from .distillation import (
+    distillation_loss,
+    jensen_shannon,
+    kl_divergence,
+    linear_distillation_loss,
+    total_variation,
+)
 from .embedding import (
     cosine_embedding_loss,
     triplet_margin_loss,
@@ -46,17 +54,22 @@ __all__ = [
     "count_targets",
     "cross_entropy",
     "ctc_loss",
+    "distillation",
+    "distillation_loss",
     "embedding",
     "focal",
     "focal_loss",
     "gaussian_nll_loss",
     "hinge_embedding_loss",
     "huber_loss",
+    "jensen_shannon",
     "kl_div",
+    "kl_divergence",
     "l1_loss",
     "likelihood",
     "linear",
     "linear_cross_entropy",
+    "linear_distillation_loss",
     "margin",
     "margin_ranking_loss",
     "mse_loss",
@@ -70,6 +83,7 @@ __all__ = [
     "sigmoid_focal_loss",
     "smooth_l1_loss",
     "soft_margin_loss",
+    "total_variation",
     "triplet_margin_loss",
     "triplet_margin_with_distance_loss",
 ]

@@ -303,14 +303,6 @@ def _lce_recompute(
     return Recompute("linear_cross_entropy", sources, build)
 
 
-def _budget_bytes(memory_budget: int | str, device: torch.device) -> int:
-    from ..kernels.chunked import BUDGETS
-
-    if not isinstance(memory_budget, str):
-        return int(memory_budget)
-    return BUDGETS[("cuda" if device.type == "cuda" else "cpu", memory_budget)]
-
-
 def _chunked(
     kernel: ModuleType,
     x: Tensor,
@@ -324,11 +316,11 @@ def _chunked(
     **options: object,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The chunked launcher on 2-D inputs, its plan sized by the memory budget."""
-    from ..kernels.chunked import plan_chunks
+    from ..kernels.chunked import budget_bytes, plan_chunks
 
     n, d = x.shape
     plan = plan_chunks(
-        n, d, w.shape[0], x.dtype, x.device.type, budget=_budget_bytes(memory_budget, x.device),
+        n, d, w.shape[0], x.dtype, x.device.type, budget=budget_bytes(memory_budget, x.device.type),
         chunk_size=chunk_size, accumulate=accumulate,
     )  # fmt: skip
     return kernel.linear_cross_entropy(

@@ -8,12 +8,19 @@ call of the matching function in :mod:`losskit.functional`, which the class name
 as keyword arguments.
 
 One file per family, as in :mod:`losskit.functional`: ``regression``, ``binary``,
-``categorical``, ``margin``, ``embedding``, ``likelihood``, ``sequence``, ``focal``, ``linear``;
-``_base`` holds what they share.
+``categorical``, ``distillation``, ``margin``, ``embedding``, ``likelihood``, ``sequence``,
+``focal``, ``linear``; ``_base`` holds what they share.
 """
 
 from .binary import BCELoss, BCEWithLogitsLoss
 from .categorical import CrossEntropyLoss, KLDivLoss, NLLLoss, NLLLoss2d
+from .distillation import (
+    DistillationLoss,
+    JensenShannonLoss,
+    KLDivergenceLoss,
+    LinearDistillationLoss,
+    TotalVariationLoss,
+)
 from .embedding import CosineEmbeddingLoss, TripletMarginLoss, TripletMarginWithDistanceLoss
 from .focal import FocalLoss, SigmoidFocalLoss
 from .likelihood import GaussianNLLLoss, PoissonNLLLoss
@@ -35,13 +42,17 @@ __all__ = [
     "CTCLoss",
     "CosineEmbeddingLoss",
     "CrossEntropyLoss",
+    "DistillationLoss",
     "FocalLoss",
     "GaussianNLLLoss",
     "HingeEmbeddingLoss",
     "HuberLoss",
+    "JensenShannonLoss",
     "KLDivLoss",
+    "KLDivergenceLoss",
     "L1Loss",
     "LinearCrossEntropyLoss",
+    "LinearDistillationLoss",
     "MSELoss",
     "MarginRankingLoss",
     "MultiLabelMarginLoss",
@@ -53,6 +64,7 @@ __all__ = [
     "SigmoidFocalLoss",
     "SmoothL1Loss",
     "SoftMarginLoss",
+    "TotalVariationLoss",
     "TripletMarginLoss",
     "TripletMarginWithDistanceLoss",
 ]

@@ -56,8 +56,19 @@ plus losskit's ``mask``, ``normalizer``, ``z_loss`` and ``softcap``.
 """
 
 from .engine import LinearCrossEntropyFunction, linear_cross_entropy, run_chunks
-from .epilogue import Chunk, Epilogue
-from .plan import BUDGETS, MIN_ROWS, TILE_ALIGN, TILE_ROWS, ChunkPlan, cpu_reserve, plan_chunks
+from .epilogue import Chunk, Epilogue, PairEpilogue
+from .pairs import LinearDistillationFunction, linear_distillation
+from .plan import (
+    BUDGETS,
+    MIN_ROWS,
+    TILE_ALIGN,
+    TILE_ROWS,
+    ChunkPlan,
+    budget_bytes,
+    cpu_reserve,
+    plan_chunks,
+    plan_pairs,
+)
 
 __all__ = [
     "BUDGETS",
@@ -65,11 +76,16 @@ __all__ = [
     "ChunkPlan",
     "Epilogue",
     "LinearCrossEntropyFunction",
+    "LinearDistillationFunction",
     "MIN_ROWS",
+    "PairEpilogue",
     "TILE_ALIGN",
     "TILE_ROWS",
+    "budget_bytes",
     "cpu_reserve",
     "linear_cross_entropy",
+    "linear_distillation",
     "plan_chunks",
+    "plan_pairs",
     "run_chunks",
 ]

@@ -9,9 +9,10 @@ from torch import Tensor
 
 from ..._reduction import Rows
 from ..._validate import CrossEntropyOptions
+from ..._validate.distillation import DistillationOptions
 from ..rows import Coefficients, Smoothing, gradient_coefficients, row_loss
 
-__all__ = ["Chunk", "Epilogue"]
+__all__ = ["Chunk", "Epilogue", "PairEpilogue"]
 
 _F32 = torch.float32
 
@@ -116,6 +117,25 @@ class Epilogue:
 
     def tile_grad(self, z: Tensor, c0: int, ck: Chunk, lse: Tensor) -> None:
         """The gradient of the tile's columns ``[c0, c0 + width)`` into ``z``, given ``lse``."""
+        raise NotImplementedError
+
+    def scale_(self, t: Tensor, grad_output: Tensor) -> None:
+        """``t *= grad_output`` (a one-element tensor) in place, for a 2-D gradient ``t``."""
+        raise NotImplementedError
+
+
+class PairEpilogue:
+    """What a backend runs on a chunk's two blocks of logits (``kernels/CONTRACT.md``, §2b)."""
+
+    def __init__(self, opts: DistillationOptions) -> None:
+        self.opts = opts
+
+    def rows(
+        self, zs: Tensor, zt: Tensor, ck: Chunk, loss_out: Tensor, grad_s: bool, grad_t: bool
+    ) -> None:
+        """Each row's loss into ``loss_out`` (float32); with ``grad_s``, ``zs`` overwritten by
+        ``r dloss/dz_s``, with ``grad_t``, ``zt`` by ``r dloss/dz_t`` (0 where a row does not
+        count). ``zs`` may be overwritten anyway; ``zt`` is read only without ``grad_t``."""
         raise NotImplementedError
 
     def scale_(self, t: Tensor, grad_output: Tensor) -> None:

@@ -15,8 +15,10 @@ __all__ = [
     "MIN_ROWS",
     "TILE_ALIGN",
     "TILE_ROWS",
+    "budget_bytes",
     "cpu_reserve",
     "plan_chunks",
+    "plan_pairs",
 ]
 
 MiB = 1 << 20
@@ -142,6 +144,49 @@ def plan_chunks(
     if tile >= v:
         return ChunkPlan(rows, v, acc)
     return ChunkPlan(_balanced(n, rows), tile, acc)
+
+
+def budget_bytes(memory_budget: int | str, device_type: str) -> int:
+    """A ``memory_budget`` argument in bytes: a name of :data:`BUDGETS`, or a number."""
+    if not isinstance(memory_budget, str):
+        return int(memory_budget)
+    return BUDGETS[("cuda" if device_type == "cuda" else "cpu", memory_budget)]
+
+
+def plan_pairs(
+    n: int,
+    d: int,
+    v: int,
+    dtype: torch.dtype,
+    device_type: str,
+    *,
+    budget: int,
+    chunk_size: int | None = None,
+) -> ChunkPlan:
+    """The plan of a two-head loss (distillation): whole rows of both heads' logits per chunk.
+
+    Sized as :func:`plan_chunks` sizes a head of ``2 V`` columns (the chunk holds a student and
+    a teacher row of ``V`` logits each; ``d`` the wider head's input features), but never tiled
+    over the vocabulary: the divergence's gradient needs each row's sums over both whole rows,
+    so a budget too small for :data:`MIN_ROWS` rows gives chunks of fewer rows (down to one)
+    instead. The returned plan's ``tile`` is ``V``.
+    """
+    dev = "cuda" if device_type == "cuda" else "cpu"
+    s = _itemsize(dtype)
+    low = dtype != _F32
+    # low-precision heads: float32 dW accumulators (one per head) when they take half the budget
+    acc = "float32" if not low or 2 * 2 * v * d * 4 <= budget else "input"
+    if chunk_size is not None:
+        return ChunkPlan(max(1, min(int(chunk_size), n)), v, acc)
+    f32_acc = low and acc == "float32"
+    upcast = f32_acc and dev == "cpu"
+    fixed = (2 * v * d * 4 if f32_acc else 0) + 16 * v + 48 * n + budget // 32
+    reserve = cpu_reserve() if dev == "cpu" else 0
+    if reserve <= budget:
+        fixed += min(reserve, budget // 2)
+    avail = max(budget - fixed, 0)
+    per_row = 2 * v * s + (2 * v * 4 + 2 * d * 4 if upcast else 0)
+    return ChunkPlan(_balanced(n, max(avail // per_row, 1)), v, acc)
 
 
 def cpu_reserve(threads: int | None = None) -> int:
