@@ -34,17 +34,26 @@ from triton.compiler import ASTSource
 
 import losskit.kernels.triton.common as common
 import losskit.kernels.triton.cross_entropy as ce
+import losskit.kernels.triton.distillation as distill
 import losskit.kernels.triton.linear_cross_entropy as lce
 import losskit.kernels.triton.plans as plans
 
 TARGET = GPUTarget("cuda", 90, 32)
 
 #: Triton types of the kernels' non-constexpr arguments, by name (pointers by the logits dtype).
-_POINTERS_F32 = {"LOSS", "ZROW", "SCALE", "WSUM", "PART", "W", "ST", "LSE", "RA", "RB", "RE"}
+_POINTERS_F32 = {
+    "LOSS", "ZROW", "SCALE", "WSUM", "PART", "W", "ST", "LSE", "RA", "RB", "RE", "R",
+}  # fmt: skip
 _POINTERS = {"T": "*i64", "Y": "*i64", "MASK": "*u8", "SYNC": "*i32"}
-_INTS = {"stride_x", "stride_g", "stride_go", "stride_z", "stride_st", "ignore_index", "c0"}
+_INTS = {
+    "stride_x", "stride_g", "stride_go", "stride_z", "stride_st", "ignore_index", "c0",
+    "stride_zs", "stride_zt", "stride_gs", "stride_gt",
+}  # fmt: skip
 _INTS32 = {"V", "CW", "width", "n_col_tiles", "n_tiles"}
-_FLOATS = {"one_minus_eps", "eps_over_v", "z_coef", "softcap", "inv_softcap"}
+_FLOATS = {
+    "one_minus_eps", "eps_over_v", "z_coef", "softcap", "inv_softcap",
+    "inv_t", "alpha", "soft_coef", "c", "beta", "log_beta", "log_1mb",
+}  # fmt: skip
 _DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 #: every feature on (the HAS_* / STORE_* flags a kernel takes; absent ones are ignored)
@@ -76,7 +85,7 @@ def _signature(kernel, constexprs: dict, dtype: torch.dtype) -> dict[str, str]:
     for arg in kernel.arg_names:
         if arg in constexprs:
             sig[arg] = "constexpr"
-        elif arg in ("X", "G", "Z", "GO"):  # GO: the loss's grad_output, in the logits dtype
+        elif arg in ("X", "G", "Z", "GO", "ZS", "ZT", "GS", "GT"):  # GO: the loss's grad_output, in the logits dtype
             sig[arg] = "*" + _DTYPES[dtype]
         elif arg in _POINTERS_F32:
             sig[arg] = "*fp32"
@@ -142,6 +151,17 @@ def variants() -> list[Variant]:
             out.append(
                 Variant(f"lce.tile_{kname}.{fname}.bf16", kernel, consts, bf16, common.warps(tile))
             )
+    # the distillation row kernel: the training call (student gradient, T = 1, no hard term)
+    # and every feature on, per divergence
+    block = distill.ROW_BLOCK
+    for kind, code in distill.KINDS.items():
+        for fname, on in (("plain", False), ("all", True)):
+            consts = dict(BLOCK=block, KIND=code, TEMPERED=on, HARD=on, STORE_S=True, STORE_T=on)
+            for dtype in (torch.bfloat16, torch.float32):
+                name = f"distill.{kind}.{fname}.{_DTYPES[dtype]}"
+                out.append(
+                    Variant(name, distill._distill_kernel, consts, dtype, distill._warps(block))
+                )
     for rowwise in (False, True):
         name = f"ce.scale_grad.{'rowwise' if rowwise else 'scalar'}.bf16"
         consts = dict(ROWWISE=rowwise, BLOCK=common.SCALE_BLOCK)

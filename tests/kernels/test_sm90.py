@@ -68,3 +68,12 @@ def test_the_script_refuses_the_interpreter() -> None:
     )  # fmt: skip
     assert res.returncode == 2
     assert "unset TRITON_INTERPRET" in res.stderr
+
+
+def test_distillation_kernel_compiles_for_sm90() -> None:
+    """Every divergence compiles, plain and with every feature on, and none spills."""
+    report = _report("distill.")
+    names = {r["name"] for r in report["variants"]}
+    assert {"distill.jsd.plain.bf16", "distill.tvd.all.fp32"} <= names
+    for r in report["variants"]:
+        assert 0 < r["registers"] <= 255 and r["spill_bytes"] == 0, r
