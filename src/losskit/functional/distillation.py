@@ -169,7 +169,7 @@ def _fused(
         )
 
     recompute = Recompute("distillation", {"student": s_rows, "teacher": t_rows}, build)
-    return kernel.distillation(
+    return D.eager(kernel.distillation)(
         s_rows.contiguous(), t_rows.contiguous(), y, opts=opts, mask=mask,
         normalizer=D.kernel_normalizer(normalizer, student.device), recompute=recompute,
     )  # fmt: skip
@@ -478,10 +478,11 @@ def linear_distillation_loss(
     the gradient GEMMs give the chunk's rows of ``d student_input`` and add its part of
     ``d student_weight`` (and the teacher's, with ``teacher_grad=True``). All gradients are
     computed in the forward (the backward scales them by ``grad_output``); only a chunk of
-    each head's logits exists at a time, sized by ``memory_budget`` as for
-    :func:`~losskit.functional.linear_cross_entropy` (its budgets; a chunk holds whole rows of
-    both heads, so at a small budget chunks get few rows and the GEMMs slow down, rather than
-    the memory growing).
+    each head's logits exists at a time, sized by ``memory_budget``: ``'default'`` (1 GiB on
+    CUDA, 128 MiB on the CPU: twice :func:`~losskit.functional.linear_cross_entropy`'s there,
+    as a chunk holds a row of each head per position), ``'lean'`` (64 MiB on both) or bytes. A
+    chunk holds whole rows of both heads, so at a small budget chunks get few rows and the
+    GEMMs slow down, rather than the memory growing.
 
     Args:
         student_input: the student's hidden states ``(*, Ds)``.
@@ -594,7 +595,7 @@ def _fused_linear(
     recompute = Recompute("linear_distillation_loss", dict(zip(names, heads, strict=True)), build)
     xs, ws, bs, xt, wt, bt, tl = heads
     v, d = ws.shape
-    budget = budget_bytes(memory_budget, xs.device.type)
+    budget = budget_bytes(memory_budget, xs.device.type, pairs=True)
     d_max = max(d, 0 if xt is None else xt.shape[1])
     plan = plan_pairs(
         xs.shape[0], d_max, v, xs.dtype, xs.device.type, budget=budget, chunk_size=chunk_size

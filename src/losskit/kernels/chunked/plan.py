@@ -13,6 +13,8 @@ __all__ = [
     "ChunkPlan",
     "LOGITS_PANEL",
     "MIN_ROWS",
+    "PAIR_BUDGETS",
+    "PAIR_SCRATCH",
     "TILE_ALIGN",
     "TILE_ROWS",
     "budget_bytes",
@@ -38,6 +40,20 @@ BUDGETS = {
     ("cpu", "default"): 64 * MiB,
     ("cpu", "lean"): 32 * MiB,
 }
+#: Bytes a two-head call (distillation) may hold beyond its gradients, per (device type,
+#: setting). A chunk holds two rows of logits per position, so on the CPU the budgets are twice
+#: the cross-entropy's: the chunks keep the row counts at which the GEMMs run at full speed (at
+#: 2048 x 1024 x 32000 float32, 64 MiB gave 160-row chunks and 48 with 'lean' (3.7x the GEMMs)).
+#: On CUDA 1 GiB already gives 1-2K rows at LLM vocabularies.
+PAIR_BUDGETS = {
+    ("cuda", "default"): 1024 * MiB,
+    ("cuda", "lean"): 64 * MiB,
+    ("cpu", "default"): 128 * MiB,
+    ("cpu", "lean"): 64 * MiB,
+}
+#: The CPU pair epilogue's block temporaries (``kernels/cpu/distillation.py``: about 8 blocks of
+#: its ``BLOCK_BYTES``), which the pair planner keeps out of the chunk buffers.
+PAIR_SCRATCH = {"cuda": 0, "cpu": 4 * MiB}
 #: Fewest rows per chunk of the whole-row plan; below it the tiled plan is used. The ``dW``
 #: update reads and writes all of ``dW`` per chunk while doing ``2 M`` flops per element: it is
 #: memory-bound below roughly (flops per byte of the machine) x (bytes per element) / 2 rows.
@@ -146,11 +162,13 @@ def plan_chunks(
     return ChunkPlan(_balanced(n, rows), tile, acc)
 
 
-def budget_bytes(memory_budget: int | str, device_type: str) -> int:
-    """A ``memory_budget`` argument in bytes: a name of :data:`BUDGETS`, or a number."""
+def budget_bytes(memory_budget: int | str, device_type: str, *, pairs: bool = False) -> int:
+    """A ``memory_budget`` argument in bytes: a name of :data:`BUDGETS` (of
+    :data:`PAIR_BUDGETS` for a two-head loss), or a number."""
     if not isinstance(memory_budget, str):
         return int(memory_budget)
-    return BUDGETS[("cuda" if device_type == "cuda" else "cpu", memory_budget)]
+    table = PAIR_BUDGETS if pairs else BUDGETS
+    return table[("cuda" if device_type == "cuda" else "cpu", memory_budget)]
 
 
 def plan_pairs(
@@ -180,7 +198,7 @@ def plan_pairs(
         return ChunkPlan(max(1, min(int(chunk_size), n)), v, acc)
     f32_acc = low and acc == "float32"
     upcast = f32_acc and dev == "cpu"
-    fixed = (2 * v * d * 4 if f32_acc else 0) + 16 * v + 48 * n + budget // 32
+    fixed = (2 * v * d * 4 if f32_acc else 0) + 16 * v + 48 * n + budget // 32 + PAIR_SCRATCH[dev]
     reserve = cpu_reserve() if dev == "cpu" else 0
     if reserve <= budget:
         fixed += min(reserve, budget // 2)
