@@ -1,4 +1,5 @@
-"""``losskit bench``: side-by-side benchmarks (``ce``, ``lce``, ``vocab-parallel``, ``overhead``).
+"""``losskit bench``: side-by-side benchmarks (``ce``, ``lce``, ``distill``, ``vocab-parallel``,
+``overhead``).
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``,
 imported only when asked for. Timing, memory, the floor and the output formats are shared in
@@ -18,6 +19,10 @@ import sys
 COMMANDS = {
     "ce": ("losskit.bench.ce", "cross-entropy on N x V logits, forward+backward"),
     "lce": ("losskit.bench.lce", "linear + cross-entropy (hidden states and classifier)"),
+    "distill": (
+        "losskit.bench.distill",
+        "distillation from two linear heads (student and teacher), the JSD by default",
+    ),
     "vocab-parallel": (
         "losskit.bench.vocab_parallel",
         "vocabulary-parallel cross-entropy against gathering the logits",
