@@ -85,7 +85,7 @@ def _signature(kernel, constexprs: dict, dtype: torch.dtype) -> dict[str, str]:
     for arg in kernel.arg_names:
         if arg in constexprs:
             sig[arg] = "constexpr"
-        elif arg in ("X", "G", "Z", "GO", "ZS", "ZT", "GS", "GT"):  # GO: the loss's grad_output, in the logits dtype
+        elif arg in ("X", "G", "Z", "GO", "ZS", "ZT", "GS", "GT"):  # logits-dtype pointers
             sig[arg] = "*" + _DTYPES[dtype]
         elif arg in _POINTERS_F32:
             sig[arg] = "*fp32"

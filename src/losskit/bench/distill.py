@@ -274,11 +274,11 @@ def make_case(key: str, params: dict) -> C.Case:
 
 
 def _plans_line(n: int, d: int, v: int, dtype: torch.dtype, device: torch.device) -> str:
-    from ..kernels.chunked import BUDGETS, plan_pairs
+    from ..kernels.chunked import budget_bytes, plan_pairs
 
     parts = []
     for setting in ("default", "lean"):
-        budget = BUDGETS[("cuda" if device.type == "cuda" else "cpu", setting)]
+        budget = budget_bytes(setting, device.type, pairs=True)
         p = plan_pairs(n, d, v, dtype, device.type, budget=budget)
         parts.append(
             f"{setting}: chunks of {p.rows} rows of both heads, dW accumulated in {p.accumulate}"

@@ -479,8 +479,9 @@ def linear_distillation_loss(
     ``d student_weight`` (and the teacher's, with ``teacher_grad=True``). All gradients are
     computed in the forward (the backward scales them by ``grad_output``); only a chunk of
     each head's logits exists at a time, sized by ``memory_budget``: ``'default'`` (1 GiB on
-    CUDA, 128 MiB on the CPU: twice :func:`~losskit.functional.linear_cross_entropy`'s there,
-    as a chunk holds a row of each head per position), ``'lean'`` (64 MiB on both) or bytes. A
+    CUDA, 112 MiB on the CPU: about twice
+    :func:`~losskit.functional.linear_cross_entropy`'s there, as a chunk holds a row of each
+    head per position), ``'lean'`` (64 MiB on both) or bytes. A
     chunk holds whole rows of both heads, so at a small budget chunks get few rows and the
     GEMMs slow down, rather than the memory growing.
 

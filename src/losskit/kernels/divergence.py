@@ -75,9 +75,9 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _divergence(
-    s: Tensor, t: Tensor, kind: str, beta: float, grads: bool
+    s: Tensor, t: Tensor, kind: str, beta: float, grad_s: bool, grad_t: bool
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, Tensor]:
-    """``K`` per row (a column) and, with ``grads``, ``dK/ds`` and ``dK/dt`` (see the module
+    """``K`` per row (a column) and, when asked, ``dK/ds`` and ``dK/dt`` (see the module
     docstring), from the tempered logits ``s`` (overwritten) and ``t`` (read only); also ``q``
     and ``lse(s)``. About 10 to 20 passes over the rows, each in cache."""
     lse_s, ls, q = _log_softmax(s, out=s)
@@ -85,33 +85,32 @@ def _divergence(
     if kind == "forward_kl":
         d = lt.sub_(ls)  # lt - ls, in lt's buffer
         k = _rowdot(p, d)
-        if not grads:
-            return k, None, None, q, lse_s
-        return k, torch.sub(q, p), d.sub_(k).mul_(p), q, lse_s
+        ds = torch.sub(q, p) if grad_s else None
+        return k, ds, d.sub_(k).mul_(p) if grad_t else None, q, lse_s
     if kind == "reverse_kl":
         d = ls.sub_(lt)  # ls - lt, in s
         k = _rowdot(q, d)
-        if not grads:
-            return k, None, None, q, lse_s
-        return k, d.sub_(k).mul_(q), torch.sub(p, q), q, lse_s
+        dt = torch.sub(p, q) if grad_t else None
+        return k, d.sub_(k).mul_(q) if grad_s else None, dt, q, lse_s
     if kind == "jsd":
         # lm = log(beta p + (1 - beta) q), stable where both underflow
         lm = torch.logaddexp(ls + math.log1p(-beta), lt + math.log(beta))
         aq, ap = ls.sub_(lm), lt.sub_(lm)  # ls - lm, lt - lm (in place)
         kq, kp = _rowdot(q, aq), _rowdot(p, ap)
         k = beta * kp + (1.0 - beta) * kq
-        if not grads:
-            return k, None, None, q, lse_s
-        ds = aq.sub_(kq).mul_(q).mul_(1.0 - beta)
-        return k, ds, ap.sub_(kp).mul_(p).mul_(beta), q, lse_s
+        # (1 - beta) and beta are folded into the caller's scaling of ds and dt
+        ds = aq.sub_(kq).mul_(q) if grad_s else None
+        dt = ap.sub_(kp).mul_(p) if grad_t else None
+        return k, ds, dt, q, lse_s
     # total variation: g = sign(q - p) / 2
     g = torch.sub(q, p)
     k = 0.5 * g.abs().sum(1, keepdim=True)
-    if not grads:
+    if not (grad_s or grad_t):
         return k, None, None, q, lse_s
     g.sign_().mul_(0.5)
-    dt = torch.sub(_rowdot(p, g), g).mul_(p)
-    return k, torch.sub(g, _rowdot(q, g)).mul_(q), dt, q, lse_s
+    dt = torch.sub(_rowdot(p, g), g).mul_(p) if grad_t else None
+    ds = torch.sub(g, _rowdot(q, g)).mul_(q) if grad_s else None
+    return k, ds, dt, q, lse_s
 
 
 def rows_(
@@ -153,7 +152,11 @@ def rows_(
     if inv_t != 1.0:
         zs.mul_(inv_t)
     t = zt * inv_t if inv_t != 1.0 else zt
-    k, ds, dt, q, lse_s = _divergence(zs, t, opts.kind, opts.beta, grad_s or grad_t)
+    k, ds, dt, q, lse_s = _divergence(zs, t, opts.kind, opts.beta, grad_s, grad_t)
+    # the JSD's gradients leave their factors (1 - beta) and beta to the scaling below
+    c_s, c_t = c, c
+    if opts.kind == "jsd":
+        c_s, c_t = c * (1.0 - opts.beta), c * opts.beta
     if alpha > 0.0 and hard is None:
         hard = lse_s - zy
     loss = k.mul_((1.0 - alpha) * opts.soft_scale)
@@ -164,12 +167,12 @@ def rows_(
     keep = r2 != 0
     everywhere = bool(keep.all())  # (a CPU function: this host read is free)
     if grad_t:
-        torch.mul(dt, c * r2, out=zt)
+        torch.mul(dt, c_t * r2, out=zt)
         if not everywhere:
             zt.masked_fill_(~keep, 0.0)
     if not grad_s:
         return
-    torch.mul(ds, c * r2, out=zs)
+    torch.mul(ds, c_s * r2, out=zs)
     if alpha > 0.0:
         zs.addcmul_(q if soft0 is None else soft0, alpha * r2)
         zs.scatter_add_(1, y.unsqueeze(1), -alpha * r2)
