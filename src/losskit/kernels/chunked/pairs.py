@@ -125,7 +125,7 @@ class LinearDistillationFunction(torch.autograd.Function):
         ctx.deferred = rows.reduction == "none"
         if ctx.deferred:
             loss_rows, _ = run_pairs(heads, target, mask, rows, plan, epi, (False,) * 7)
-            ctx.save_for_backward(*(t if t is not None else None for t in heads))
+            ctx.save_for_backward(*heads)
             ctx.rest = (target, mask, rows, plan, want)
         else:
             loss_rows, ctx.grads = run_pairs(heads, target, mask, rows, plan, epi, want)
