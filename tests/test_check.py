@@ -126,6 +126,38 @@ def inputs_for(name: str) -> tuple:
     return x, y
 
 
+PREFERENCE = {name for name in losskit.nn.preference.__all__}
+
+
+def preference_inputs(name: str) -> tuple[tuple, dict, tuple[int, ...]]:
+    """Examples, keyword arguments and the differentiated inputs of a preference loss: log-probs
+    of 3 pairs (or 6 examples, or 6 completions of 4 tokens), or hidden states (6, 4, 3) and a
+    head of 7 classes, float64 (reference log-probabilities fixed, KL and old log-probs given)."""
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    good = torch.tensor([True, False, True, True, False, False])
+    if name == "DPOLoss":
+        return tuple(randn(3) - 10 for _ in range(4)), {}, (0, 1)
+    if name in ("ORPOLoss", "SimPOLoss", "CPOLoss"):
+        return (-0.5 - randn(3).abs(), -0.7 - randn(3).abs()), {}, (0, 1)
+    if name == "KTOLoss":
+        return (randn(6) - 10, randn(6) - 10, good), {"kl": 0.2}, (0,)
+    if name == "GRPOLoss":
+        kwargs = {"old_logps": randn(6, 4) * 0.1 - 2, "reference_logps": randn(6, 4) - 2}
+        return (randn(6, 4) * 0.1 - 2, randn(6)), kwargs, (0,)
+    head = (randn(6, 4, 3), randn(7, 3), torch.randint(0, 7, (6, 4), generator=g))
+    if name == "LinearKTOLoss":
+        return (*head, good), {"reference_logps": randn(6) - 8, "kl": 0.1}, (0, 1)
+    if name == "LinearGRPOLoss":
+        kwargs = {"old_logps": randn(6, 4) * 0.1 - 2, "reference_logps": randn(6, 4) - 2}
+        return (*head, randn(6)), kwargs, (0, 1)
+    kwargs = {"reference_logps": randn(6) - 8} if name == "LinearDPOLoss" else {}
+    return head, kwargs, (0, 1)
+
+
 @pytest.mark.parametrize("name", losskit.nn.__all__)
 def test_check_takes_the_twins_from_module_function(name):
     """A Module's twin is its ``function``; a function's twin, the Module naming it. The linear
@@ -139,6 +171,13 @@ def test_check_takes_the_twins_from_module_function(name):
                  ((4, 3), (7, 3), (4, 5), (7, 5))]  # fmt: skip
         for loss in (cls(divergence="jsd"), cls.function):
             report = run(loss, *heads, grad_inputs=(0, 1))
+            assert report.ok, str(report)
+            assert not report["module = function"].skipped
+        return
+    if name in PREFERENCE:
+        examples, kwargs, grads = preference_inputs(name)
+        for loss in (cls(), cls.function):
+            report = run(loss, *examples, loss_kwargs=kwargs, grad_inputs=grads)
             assert report.ok, str(report)
             assert not report["module = function"].skipped
         return

@@ -60,6 +60,8 @@ OTHER_INPUTS = {
     "CTCLoss",
     "DistillationLoss",  # tests/functional/test_distillation.py: hard labels, two heads
     "LinearDistillationLoss",
+    # tests/test_check.py (Module == function on each) and tests/functional/test_preference.py
+    *losskit.nn.preference.__all__,
 }
 
 

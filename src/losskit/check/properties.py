@@ -36,6 +36,11 @@ _PER_POSITION = (
     "total_variation",
 )
 
+#: losses whose 'none' holds one value per pair of sequences (hidden states ``(2B, T, D)``) or
+#: per sequence (``(S, T, D)``): the preference losses on a head
+_PER_PAIR = ("linear_cpo_loss", "linear_dpo_loss", "linear_orpo_loss", "linear_simpo_loss")
+_PER_SEQUENCE = ("linear_kto_loss",)
+
 
 def _shape(shape: Sequence[int]) -> str:
     dims = tuple(shape)
@@ -81,6 +86,10 @@ def _none_shape(subject: Subject, args: Sequence, none_shape) -> tuple[int, ...]
         return () if input.dim() == 1 else (input.shape[0],)
     if subject.function_name in _PER_POSITION:
         return tuple(input.shape[:-1])
+    if subject.function_name in _PER_PAIR:
+        return (input.shape[0] // 2,)
+    if subject.function_name in _PER_SEQUENCE:
+        return (input.shape[0],)
     if subject.function_name == "ctc_loss":  # log_probs (T, N, C) or unbatched (T, C)
         return () if input.dim() == 2 else (input.shape[1],)
     if isinstance(target, Tensor) and not target.is_floating_point():  # class indices

@@ -9,7 +9,7 @@ as keyword arguments.
 
 One file per family, as in :mod:`losskit.functional`: ``regression``, ``binary``,
 ``categorical``, ``distillation``, ``margin``, ``embedding``, ``likelihood``, ``sequence``,
-``focal``, ``linear``; ``_base`` holds what they share.
+``focal``, ``linear``, ``preference``; ``_base`` holds what they share.
 """
 
 from .binary import BCELoss, BCEWithLogitsLoss
@@ -33,26 +33,50 @@ from .margin import (
     MultiMarginLoss,
     SoftMarginLoss,
 )
+from .preference import (
+    CPOLoss,
+    DPOLoss,
+    GRPOLoss,
+    KTOLoss,
+    LinearCPOLoss,
+    LinearDPOLoss,
+    LinearGRPOLoss,
+    LinearKTOLoss,
+    LinearORPOLoss,
+    LinearSimPOLoss,
+    ORPOLoss,
+    SimPOLoss,
+)
 from .regression import HuberLoss, L1Loss, MSELoss, SmoothL1Loss
 from .sequence import CTCLoss
 
 __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
+    "CPOLoss",
     "CTCLoss",
     "CosineEmbeddingLoss",
     "CrossEntropyLoss",
+    "DPOLoss",
     "DistillationLoss",
     "FocalLoss",
+    "GRPOLoss",
     "GaussianNLLLoss",
     "HingeEmbeddingLoss",
     "HuberLoss",
     "JensenShannonLoss",
     "KLDivLoss",
     "KLDivergenceLoss",
+    "KTOLoss",
     "L1Loss",
+    "LinearCPOLoss",
     "LinearCrossEntropyLoss",
+    "LinearDPOLoss",
     "LinearDistillationLoss",
+    "LinearGRPOLoss",
+    "LinearKTOLoss",
+    "LinearORPOLoss",
+    "LinearSimPOLoss",
     "MSELoss",
     "MarginRankingLoss",
     "MultiLabelMarginLoss",
@@ -60,8 +84,10 @@ __all__ = [
     "MultiMarginLoss",
     "NLLLoss",
     "NLLLoss2d",
+    "ORPOLoss",
     "PoissonNLLLoss",
     "SigmoidFocalLoss",
+    "SimPOLoss",
     "SmoothL1Loss",
     "SoftMarginLoss",
     "TotalVariationLoss",

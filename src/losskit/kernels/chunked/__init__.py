@@ -61,6 +61,7 @@ from .pairs import LinearDistillationFunction, linear_distillation
 from .plan import (
     BUDGETS,
     MIN_ROWS,
+    SEQUENCE_BUDGETS,
     TILE_ALIGN,
     TILE_ROWS,
     ChunkPlan,
@@ -68,7 +69,9 @@ from .plan import (
     cpu_reserve,
     plan_chunks,
     plan_pairs,
+    plan_sequences,
 )
+from .sequences import LinearSequenceFunction, Sequences, linear_sequences
 
 __all__ = [
     "BUDGETS",
@@ -77,15 +80,20 @@ __all__ = [
     "Epilogue",
     "LinearCrossEntropyFunction",
     "LinearDistillationFunction",
+    "LinearSequenceFunction",
     "MIN_ROWS",
     "PairEpilogue",
+    "SEQUENCE_BUDGETS",
+    "Sequences",
     "TILE_ALIGN",
     "TILE_ROWS",
     "budget_bytes",
     "cpu_reserve",
     "linear_cross_entropy",
     "linear_distillation",
+    "linear_sequences",
     "plan_chunks",
     "plan_pairs",
+    "plan_sequences",
     "run_chunks",
 ]

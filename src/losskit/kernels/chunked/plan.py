@@ -15,12 +15,14 @@ __all__ = [
     "MIN_ROWS",
     "PAIR_BUDGETS",
     "PAIR_SCRATCH",
+    "SEQUENCE_BUDGETS",
     "TILE_ALIGN",
     "TILE_ROWS",
     "budget_bytes",
     "cpu_reserve",
     "plan_chunks",
     "plan_pairs",
+    "plan_sequences",
 ]
 
 MiB = 1 << 20
@@ -51,6 +53,18 @@ PAIR_BUDGETS = {
     ("cuda", "default"): 1024 * MiB,
     ("cuda", "lean"): 64 * MiB,
     ("cpu", "default"): 112 * MiB,
+    ("cpu", "lean"): 64 * MiB,
+}
+#: Bytes a sequence-level loss (preference, policy gradient) may hold beyond its gradients, per
+#: (device type, setting). Its chunks hold whole groups of sequences (a chosen answer and its
+#: rejected one: 2 x 512 rows in ``losskit bench dpo``) so that the gradient is made in one
+#: sweep (three GEMMs); a group larger than the budget's rows takes two sweeps (four GEMMs). On
+#: the CPU the default holds one such pair at V = 32000 in float32 (125 MiB of logits); 'lean'
+#: gives the cross-entropy's chunks and two sweeps.
+SEQUENCE_BUDGETS = {
+    ("cuda", "default"): 1024 * MiB,
+    ("cuda", "lean"): 64 * MiB,
+    ("cpu", "default"): 192 * MiB,
     ("cpu", "lean"): 64 * MiB,
 }
 #: The CPU pair epilogue's block temporaries (``kernels/cpu/distillation.py``: about 8 blocks of
@@ -102,6 +116,36 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def _whole_rows(
+    n: int, d: int, v: int, dtype: torch.dtype, dev: str, budget: int, accumulate: str
+) -> tuple[str, int, int]:
+    """``(accumulate, bytes for the chunk buffer, bytes per row)`` of a one-head whole-row plan.
+
+    With ``accumulate='auto'``, low-precision weights get a float32 ``dW`` accumulator when it
+    takes at most half the budget. Not the chunk: the float32 ``dW`` accumulator, ``O(N + V)``
+    vectors, 1/32 of the budget kept for the epilogue's small temporaries and the allocator's
+    rounding, and on the CPU what the process gains outside our buffers (at most half the
+    budget; a budget smaller than that reserve cannot hold from outside and is taken as the
+    buffers' alone). Off-GEMM temporaries of the float32 accumulation of low-precision products
+    where the device has no mixed-precision GEMM (CPU): the chunk's gradient as float32.
+    """
+    low = dtype != _F32
+    if not low:
+        acc = "float32"
+    elif accumulate == "auto":
+        acc = "float32" if 2 * v * d * 4 <= budget else "input"
+    else:
+        acc = accumulate
+    f32_acc = low and acc == "float32"
+    upcast = f32_acc and dev == "cpu"
+    fixed = (v * d * 4 if f32_acc else 0) + 8 * v + 32 * n + budget // 32
+    reserve = cpu_reserve() if dev == "cpu" else 0
+    if reserve <= budget:
+        fixed += min(reserve, budget // 2)
+    per_row = v * _itemsize(dtype) + (v * 4 + d * 4 if upcast else 0)
+    return acc, max(budget - fixed, 0), per_row
+
+
 def plan_chunks(
     n: int,
     d: int,
@@ -123,26 +167,8 @@ def plan_chunks(
     dev = "cuda" if device_type == "cuda" else "cpu"
     s = _itemsize(dtype)
     low = dtype != _F32
-    if not low:
-        acc = "float32"
-    elif accumulate == "auto":
-        acc = "float32" if 2 * v * d * 4 <= budget else "input"
-    else:
-        acc = accumulate
-    f32_acc = low and acc == "float32"
-    # Off-GEMM temporaries of the float32 accumulation of low-precision products, where the
-    # device has no mixed-precision GEMM (CPU): the chunk's gradient as float32.
-    upcast = f32_acc and dev == "cpu"
-    # what is not the chunk: the float32 dW accumulator, O(N + V) vectors, 1/32 of the budget
-    # kept for the epilogue's small temporaries and the allocator's rounding, and on the CPU
-    # what the process gains outside our buffers (at most half the budget; a budget smaller
-    # than that reserve cannot hold from outside and is taken as the buffers' alone)
-    fixed = (v * d * 4 if f32_acc else 0) + 8 * v + 32 * n + budget // 32
-    reserve = cpu_reserve() if dev == "cpu" else 0
-    if reserve <= budget:
-        fixed += min(reserve, budget // 2)
-    avail = max(budget - fixed, 0)
-    per_row = v * s + (v * 4 + d * 4 if upcast else 0)
+    acc, avail, per_row = _whole_rows(n, d, v, dtype, dev, budget, accumulate)
+    upcast = low and acc == "float32" and dev == "cpu"
     if chunk_size is not None:
         return ChunkPlan(max(1, min(int(chunk_size), n)), v, acc)
     m_max = avail // per_row
@@ -164,12 +190,15 @@ def plan_chunks(
     return ChunkPlan(_balanced(n, rows), tile, acc)
 
 
-def budget_bytes(memory_budget: int | str, device_type: str, *, pairs: bool = False) -> int:
+def budget_bytes(
+    memory_budget: int | str, device_type: str, *, pairs: bool = False, sequences: bool = False
+) -> int:
     """A ``memory_budget`` argument in bytes: a name of :data:`BUDGETS` (of
-    :data:`PAIR_BUDGETS` for a two-head loss), or a number."""
+    :data:`PAIR_BUDGETS` for a two-head loss, :data:`SEQUENCE_BUDGETS` for a sequence-level
+    one), or a number."""
     if not isinstance(memory_budget, str):
         return int(memory_budget)
-    table = PAIR_BUDGETS if pairs else BUDGETS
+    table = SEQUENCE_BUDGETS if sequences else PAIR_BUDGETS if pairs else BUDGETS
     return table[("cuda" if device_type == "cuda" else "cpu", memory_budget)]
 
 
@@ -206,6 +235,27 @@ def plan_pairs(
         fixed += min(reserve, budget // 2)
     avail = max(budget - fixed, 0)
     per_row = 2 * v * s + (2 * v * 4 + 2 * d * 4 if upcast else 0)
+    return ChunkPlan(_balanced(n, max(avail // per_row, 1)), v, acc)
+
+
+def plan_sequences(
+    n: int,
+    d: int,
+    v: int,
+    dtype: torch.dtype,
+    device_type: str,
+    *,
+    budget: int,
+    chunk_size: int | None = None,
+) -> ChunkPlan:
+    """The plan of a sequence-level loss (``chunked/sequences.py``): :func:`plan_chunks`'s
+    whole-row plan, never tiled over the vocabulary (each row's log-probability and gradient
+    need its whole row): a budget too small for :data:`MIN_ROWS` rows gives fewer rows (down
+    to one). ``chunk_size`` forces the rows."""
+    dev = "cuda" if device_type == "cuda" else "cpu"
+    acc, avail, per_row = _whole_rows(n, d, v, dtype, dev, budget, "auto")
+    if chunk_size is not None:
+        return ChunkPlan(max(1, min(int(chunk_size), n)), v, acc)
     return ChunkPlan(_balanced(n, max(avail // per_row, 1)), v, acc)
 
 

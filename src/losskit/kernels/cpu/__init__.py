@@ -4,6 +4,18 @@ One module per loss, named as the loss (``losskit._dispatch`` takes them by that
 they share: ``memory.py`` (huge-page and own-mapping buffers) and ``threads.py`` (worker threads).
 """
 
-from . import cross_entropy, distillation, linear_cross_entropy, linear_distillation
+from . import (
+    cross_entropy,
+    distillation,
+    linear_cross_entropy,
+    linear_distillation,
+    linear_preference,
+)
 
-__all__ = ["cross_entropy", "distillation", "linear_cross_entropy", "linear_distillation"]
+__all__ = [
+    "cross_entropy",
+    "distillation",
+    "linear_cross_entropy",
+    "linear_distillation",
+    "linear_preference",
+]

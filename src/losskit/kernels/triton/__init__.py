@@ -4,6 +4,18 @@ One module per loss, named as the loss (``losskit._dispatch`` takes them by that
 ``common.py`` holds what the kernels of several losses share.
 """
 
-from . import cross_entropy, distillation, linear_cross_entropy, linear_distillation
+from . import (
+    cross_entropy,
+    distillation,
+    linear_cross_entropy,
+    linear_distillation,
+    linear_preference,
+)
 
-__all__ = ["cross_entropy", "distillation", "linear_cross_entropy", "linear_distillation"]
+__all__ = [
+    "cross_entropy",
+    "distillation",
+    "linear_cross_entropy",
+    "linear_distillation",
+    "linear_preference",
+]
