@@ -31,6 +31,7 @@ __all__ = [
     "check_number",
     "check_reduction",
     "check_reference",
+    "check_reference_pair",
     "check_sequence_call",
     "check_sequence_side",
 ]
@@ -263,6 +264,23 @@ def check_reference(
         "reference_input", reference_input, "reference_weight", reference_weight,
         "reference_bias", reference_bias, call.vocab,
     )  # fmt: skip
+
+
+def check_reference_pair(pair: tuple | list) -> Tensor:
+    """``(chosen, rejected)`` reference log-probabilities of the same shape, concatenated
+    (chosen first, as the policy's sequences are)."""
+    if len(pair) != 2:
+        raise LossValueError(
+            f"reference_logps as a sequence must be (chosen, rejected), got {len(pair)} items"
+        )
+    for name, t in zip(("reference_logps[0]", "reference_logps[1]"), pair, strict=True):
+        require_tensor(name, t)
+    if pair[0].shape != pair[1].shape:
+        raise LossValueError(
+            f"reference_logps holds chosen of shape {shape_str(pair[0].shape)} and rejected of "
+            f"shape {shape_str(pair[1].shape)}; they must match"
+        )
+    return torch.cat([pair[0], pair[1]])
 
 
 def check_sequence_side(

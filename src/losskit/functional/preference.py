@@ -294,7 +294,7 @@ class _PairRule(Rule):
             nll = -torch.where(counted[:half], logp[:half], 0.0).sum(-1)
             # each pair's share of the batch's mean token NLL, times the number of pairs: the
             # mean over pairs of the terms is then TRL's loss + nll * NLL
-            share = nll * (totals["pairs"] / totals["chosen_tokens"])
+            share = nll * (totals["pairs"] / totals["chosen_tokens"].to(nll.dtype))
             terms = terms + self.nll * share
             parts["nll"] = share
         return terms, parts
@@ -429,7 +429,7 @@ class GRPO(Rule):
         s, t = counted.shape
         tokens = counted.sum()
         if self.normalizer is not None:
-            tokens = torch.as_tensor(self.normalizer, device=counted.device)
+            tokens = torch.as_tensor(self.normalizer, dtype=torch.float64, device=counted.device)
         return {"sequences": float(s), "tokens": tokens, "length": float(self.max_len or t)}
 
     def terms(self, logp, counted, side, totals):
@@ -456,7 +456,7 @@ class GRPO(Rule):
         elif self.loss_type == "dr_grpo":
             terms = total / totals["length"]
         else:  # bnpo, dapo: over the batch's tokens (dapo: or the given normalizer)
-            terms = total * (totals["sequences"] / totals["tokens"].clamp(min=1))
+            terms = total * (totals["sequences"] / totals["tokens"].to(total.dtype).clamp(min=1))
         return terms, parts
 
     def metrics(self, parts):
@@ -897,12 +897,12 @@ def _linear(
     call = VP.check_sequence_call(
         hidden, weight, target, bias, mask, ignore_index, pairs=rule.pairs, validate=validate
     )
+    if isinstance(reference_logps, (tuple, list)) and rule.pairs:
+        reference_logps = VP.check_reference_pair(reference_logps)
     VP.check_reference(
         call, hidden, reference_logps, reference_input, reference_weight, reference_bias,
         required=rule.reference == "required", token_level=rule.token_level,
     )  # fmt: skip
-    if rule.reference == "none" and (reference_logps is not None or reference_input is not None):
-        raise VP.LossValueError(f"{type(rule).__name__} takes no reference model")
     s, t, d = call.s, call.t, hidden.shape[-1]
     counted = _counted(target, None if mask is None else mask.expand(s, t), ignore_index)
     side = dict(side)
@@ -1027,7 +1027,9 @@ _LINEAR_ARGS = """
             prompt, the padding), as TRL's labels.
         reference_logps: the reference model's log-probabilities, ``(S,)`` per sequence (as the
             loss aggregates them: sums, or token means where the loss averages) or ``(S, T)``
-            per token (aggregated here); or
+            per token (aggregated here), or for pairs the tuple ``(chosen, rejected)`` of
+            ``(B,)`` or ``(B, T)`` tensors (as TRL precomputes ``ref_chosen_logps`` and
+            ``ref_rejected_logps``); or
         reference_input, reference_weight, reference_bias: its hidden states ``(S, T, D')`` and
             head (the same vocabulary), run through :func:`token_logprobs` without a gradient.
         temperature: the logits are divided by it (policy and reference). Default 1.
@@ -1054,7 +1056,7 @@ def linear_dpo_loss(
     weight: Tensor,
     target: Tensor,
     *,
-    reference_logps: Tensor | None = None,
+    reference_logps: Tensor | tuple[Tensor, Tensor] | None = None,
     reference_input: Tensor | None = None,
     reference_weight: Tensor | None = None,
     reference_bias: Tensor | None = None,

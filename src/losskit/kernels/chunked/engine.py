@@ -136,6 +136,20 @@ class Head:
         if self.db is not None:
             self.db.add_(g.sum(0, dtype=_F32))
 
+    def backprop_ranges(self, g: Tensor, xc: Tensor, ranges: list[tuple[int, int]]) -> None:
+        """:meth:`backprop` of a chunk made of several row ranges (in order), whose rows of
+        ``x`` are gathered in ``xc``: ``dX`` per range, ``dW`` in one GEMM (the first range
+        starting at row 0 writes)."""
+        o = 0
+        if self.dx is not None:
+            for a, b in ranges:
+                torch.mm(g[o : o + b - a], self.w, out=self.dx[a:b])
+                o += b - a
+        if self.dw is not None:
+            _mm_acc(self.dw, g.t(), xc, ranges[0][0] == 0)
+        if self.db is not None:
+            self.db.add_(g.sum(0, dtype=_F32))
+
     def grads(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """``(dX, dW, db)`` in the dtypes of ``x``, ``w`` and ``bias``."""
         dw, db = self.dw, self.db

@@ -14,8 +14,9 @@ chunks hold whole groups: per chunk,
 3. ``g`` of the chunk's positions by autograd on the loss's own formula (the *objective*, a
    function of the chunk's ``(S', T)`` log-probabilities: a few thousand numbers), and ``z``'s
    rows scaled by ``-g``;
-4. the head's gradient GEMMs (:meth:`~.engine.Head.backprop`): ``dX[rows] = z @ W``,
-   ``dW += z.T @ x[rows]``, ``db += sum z``.
+4. the head's gradient GEMMs (:meth:`~.engine.Head.backprop_ranges`): ``dX[rows] = z @ W``,
+   ``dW += z.T @ x[rows]``, ``db += sum z``. (A pair's two sequences are apart in the batch:
+   their rows of ``x`` are gathered once, so the logits and ``dW`` are one GEMM each.)
 
 Three GEMMs in all, the gradients computed in the forward (the backward scales them by
 ``grad_output``). A group whose rows exceed the plan's rows (long sequences, a small budget) is
@@ -83,12 +84,22 @@ def _chunk(
     target: Tensor, counted: Tensor, ranges: list[tuple[int, int]], r: Tensor | None = None
 ) -> Chunk:
     """The epilogue's :class:`Chunk` of the rows ``ranges`` (row ranges, in order): every
-    counted row has gradient factor ``r`` (1 when None), the others 0."""
+    counted row has gradient factor ``r`` (1 when None), the others 0.
+
+    ``counted`` goes in as the mask and ``r`` as the row scale too: an epilogue may decide
+    which rows count from ``target`` and ``mask`` and apply ``scale`` / ``row_scale`` itself
+    instead of reading ``r`` (``kernels/CONTRACT.md``; the Triton one does).
+    """
     tgt = torch.cat([target[a:b] for a, b in ranges])
     cnt = torch.cat([counted[a:b] for a, b in ranges])
     w_y = cnt.to(_F32)
-    return Chunk(tgt, None, cnt, torch.where(cnt, tgt, 0), w_y, w_y if r is None else r * w_y,
-                 None, None)  # fmt: skip
+    rs = None if r is None else r * w_y
+    return Chunk(tgt, cnt, cnt, torch.where(cnt, tgt, 0), w_y, w_y if rs is None else rs, None, rs)
+
+
+def _gather(x: Tensor, ranges: list[tuple[int, int]]) -> Tensor:
+    """The rows ``ranges`` of ``x``, contiguous (one GEMM for the chunk's logits and ``dW``)."""
+    return torch.cat([x[a:b] for a, b in ranges])
 
 
 def _factor(lp: Tensor, seqs: Tensor, t: int, objective: Objective, weights: Tensor) -> Tensor:
@@ -142,10 +153,8 @@ def run_sequences(
             # The chunk's rows at once: logits, -log p and softmax - onehot, r, the GEMMs.
             c = sum(b - a for a, b in ranges)
             z = buf[: c * v].view(c, v)
-            o = 0
-            for a, b in ranges:
-                head.logits(z[o : o + b - a], a, b)
-                o += b - a
+            xc = x[ranges[0][0] : ranges[0][1]] if len(ranges) == 1 else _gather(x, ranges)
+            engine._logits(z, xc, w, bias)
             ck = _chunk(target, counted, ranges)
             nll = torch.empty(c, dtype=_F32, device=dev)
             epi.rows(z, ck, nll, grad)
@@ -157,10 +166,7 @@ def run_sequences(
             if not grad:
                 continue
             z.mul_(_factor(lp, seqs, seq.t, objective, wg).unsqueeze(1))
-            o = 0
-            for a, b in ranges:
-                head.backprop(z[o : o + b - a], a, b)
-                o += b - a
+            head.backprop_ranges(z, xc, ranges)
             continue
         # Two sweeps over blocks of at most m rows: the log-probabilities, then the gradient.
         for a, b in ranges:
