@@ -32,11 +32,17 @@ EXPECTED = {
         "max |difference| over 30 steps: ",
         "patched model called without labels: its own forward",
     ],
+    "09_dpo.py": [
+        "OK: fused DPO == plain DPO (|difference| < 1e-05 at every step)",
+        "max |difference| over 10 steps: ",
+        "fused form holds neither: one pair's chunk of logits at a time, (30, 1000)",
+    ],
 }
 # script -> (the module it needs, the extra that installs it): skipped without it
 NEEDS = {
     "07_training.py": ("sklearn", "losskit[demo]"),
     "08_transformers.py": ("transformers", "losskit[transformers]"),
+    "09_dpo.py": ("transformers", "losskit[transformers]"),
 }
 
 
