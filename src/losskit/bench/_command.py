@@ -310,3 +310,71 @@ def goals_status(
         return 1
     print(f"{prefix}: all {len(goals)} goals met", file=out)
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# memory beyond the returned gradients (the fused linear benches)
+# --------------------------------------------------------------------------------------------
+
+
+def measure_beyond_grads(
+    result: C.Result,
+    case: C.Case,
+    key: str,
+    *,
+    module: str,
+    params: dict,
+    cfg: Settings,
+    grad_bytes: int,
+    warm_mib: dict[tuple[str, str], float],
+    steps: int,
+) -> None:
+    """``result.extra_bytes``: the peak beyond the ``grad_bytes`` of the returned gradients.
+
+    On the CPU (``--memory subprocess``) the peak resident set of a fresh process running
+    ``module.make_case(key, params)`` for ``steps`` steps (and one warm step alone, into
+    ``warm_mib``); elsewhere one warm call in this process.
+    """
+    if cfg.device.type == "cpu" and cfg.memory == "subprocess":
+        figures, err = C.user_peak_bytes_in_subprocess(module, key, params, steps=steps)
+        if err:
+            result.error = err
+            return
+        result.extra_bytes = figures["peak"] - grad_bytes
+        warm = (figures["warm"] - grad_bytes) / C.MIB
+        warm_mib[(result.group, result.impl)] = warm
+        text = f"a warm step alone: {warm:.0f} MiB"
+        if warm < 0:  # that step reused pages that the process held already
+            text = "a warm step alone: within the pages already held"
+    else:
+        try:
+            extra = C.peak_extra_bytes(case, cfg.device)
+        except Exception as exc:  # e.g. out of memory on CUDA
+            result.error = C.describe_error(exc, 120)
+            return
+        if extra is None:
+            return
+        result.extra_bytes = extra - grad_bytes
+        text = ""
+        if result.extra_bytes < 0:  # in-process CPU measurement: the allocator reused pages
+            result.extra_bytes = None
+            text = "peak below the gradients' size (pages reused in-process)"
+    result.note = "; ".join(filter(None, [result.note, text]))
+
+
+def beyond_grads_line(
+    device: torch.device, memory: str, grad_bytes: dict[str, int], *, steps: int, grads: str
+) -> str:
+    """How the "MiB beyond grads" column was measured, less the returned ``grads``."""
+    sizes = ", ".join(f"{g}: {b / C.MIB:.0f} MiB" for g, b in grad_bytes.items())
+    if device.type == "cuda":
+        how = "torch.cuda.max_memory_allocated over one warm call, above the allocation before it"
+    elif memory == "subprocess":
+        how = (
+            f"peak resident set (VmHWM) of a fresh process over {steps} steps from its "
+            "first call (.grad = None before each, as zero_grad() does), above its size once "
+            "the inputs exist"
+        )
+    else:
+        how = "growth of this process's peak resident set over one warm call"
+    return f"MiB beyond grads: {how}, minus the returned {grads} ({sizes})"

@@ -296,59 +296,6 @@ def _loss_line(divergence: str, beta: float) -> str:
     return f"loss: {what}, temperature 1, scale 1, mean over the rows"
 
 
-def _measure_memory(
-    result: C.Result,
-    case: C.Case,
-    key: str,
-    *,
-    params: dict,
-    cfg: cmd.Settings,
-    grad_bytes: int,
-    warm_mib: dict[tuple[str, str], float],
-) -> None:
-    """``result.extra_bytes``: the peak beyond the ``grad_bytes`` of ``dXs`` and ``dWs``."""
-    if cfg.device.type == "cpu" and cfg.memory == "subprocess":
-        figures, err = C.user_peak_bytes_in_subprocess(__name__, key, params, steps=MEMORY_STEPS)
-        if err:
-            result.error = err
-            return
-        result.extra_bytes = figures["peak"] - grad_bytes
-        warm = (figures["warm"] - grad_bytes) / C.MIB
-        warm_mib[(result.group, result.impl)] = warm
-        text = f"a warm step alone: {warm:.0f} MiB"
-        if warm < 0:  # that step reused pages that the process held already
-            text = "a warm step alone: within the pages already held"
-    else:
-        try:
-            extra = C.peak_extra_bytes(case, cfg.device)
-        except Exception as exc:  # e.g. out of memory on CUDA
-            result.error = C.describe_error(exc, 120)
-            return
-        if extra is None:
-            return
-        result.extra_bytes = extra - grad_bytes
-        text = ""
-        if result.extra_bytes < 0:  # in-process CPU measurement: the allocator reused pages
-            result.extra_bytes = None
-            text = "peak below the gradients' size (pages reused in-process)"
-    result.note = "; ".join(filter(None, [result.note, text]))
-
-
-def _memory_line(device: torch.device, memory: str, grad_bytes: dict[str, int]) -> str:
-    grads = ", ".join(f"{g}: {b / C.MIB:.0f} MiB" for g, b in grad_bytes.items())
-    if device.type == "cuda":
-        how = "torch.cuda.max_memory_allocated over one warm call, above the allocation before it"
-    elif memory == "subprocess":
-        how = (
-            f"peak resident set (VmHWM) of a fresh process over {MEMORY_STEPS} steps from its "
-            "first call (.grad = None before each, as zero_grad() does), above its size once "
-            "the inputs exist"
-        )
-    else:
-        how = "growth of this process's peak resident set over one warm call"
-    return f"MiB beyond grads: {how}, minus the returned dXs and dWs ({grads})"
-
-
 def goals(rows: list[dict[str, object]], device: str) -> list[cmd.Goal]:
     """The :data:`GOALS` of the implementations in ``rows`` that were timed on ``device``."""
     out = []
@@ -409,7 +356,9 @@ def run(args: argparse.Namespace) -> int:
             if floor_ms:
                 floors[group] = floor_ms / 1e3
             measure = functools.partial(
-                _measure_memory,
+                cmd.measure_beyond_grads,
+                module=__name__,
+                steps=MEMORY_STEPS,
                 params=params,
                 cfg=cfg,
                 grad_bytes=grad_bytes[group],
@@ -424,7 +373,12 @@ def run(args: argparse.Namespace) -> int:
         row["warm_mib"] = warm_mib.get((str(row["group"]), str(row["impl"])))
         row.update(options)
     C.print_table(rows, baseline=BASELINE, floor_label="GEMMs", memory_label="MiB beyond grads")
-    print("\n" + _memory_line(cfg.device, cfg.memory, grad_bytes))
+    print(
+        "\n"
+        + cmd.beyond_grads_line(
+            cfg.device, cfg.memory, grad_bytes, steps=MEMORY_STEPS, grads="dXs and dWs"
+        )
+    )
     status = cmd.goals_status(
         SPEC.name,
         goals(rows, cfg.device.type),
