@@ -1,5 +1,5 @@
-"""``losskit bench``: side-by-side benchmarks (``ce``, ``lce``, ``distill``, ``vocab-parallel``,
-``overhead``).
+"""``losskit bench``: side-by-side benchmarks (``ce``, ``lce``, ``distill``, ``dpo``,
+``vocab-parallel``, ``overhead``).
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``,
 imported only when asked for. Timing, memory, the floor and the output formats are shared in
@@ -22,6 +22,10 @@ COMMANDS = {
     "distill": (
         "losskit.bench.distill",
         "distillation from two linear heads (student and teacher), the JSD by default",
+    ),
+    "dpo": (
+        "losskit.bench.dpo",
+        "DPO from the policy's hidden states and head (TRL's layout) against the three GEMMs",
     ),
     "vocab-parallel": (
         "losskit.bench.vocab_parallel",
