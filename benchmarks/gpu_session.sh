@@ -24,10 +24,12 @@ step() {  # step SECONDS NAME CMD...: one bounded step; a failure or hang cannot
 # (about 570 s at worst; typical runs take far less). The kernel script goes first: it checks
 # the cooperative plan (whose programs wait on each other) under its own timeouts, so a bug
 # there cannot hang a later step. bench distill compiles torch.compile's form at two shapes
-# (most of its time); its 70 s came out of the other steps' bounds.
-step 110 ce-kernel python3 benchmarks/gpu_ce_kernel.py --budget 100
-step 80 bench-ce python3 -m losskit bench ce --device cuda --out "$OUT"
-step 130 lce-script python3 benchmarks/gpu_lce.py
-step 100 gpu-tests python3 -m pytest tests/gpu -q --maxfail=10 -p no:cacheprovider
+# (most of its time); its 70 s, and bench dpo's 40 s (no torch.compile), came out of the
+# other steps' bounds.
+step 100 ce-kernel python3 benchmarks/gpu_ce_kernel.py --budget 100
+step 75 bench-ce python3 -m losskit bench ce --device cuda --out "$OUT"
+step 115 lce-script python3 benchmarks/gpu_lce.py
+step 90 gpu-tests python3 -m pytest tests/gpu -q --maxfail=10 -p no:cacheprovider
 step 80 bench-lce python3 -m losskit bench lce --device cuda --out "$OUT"
 step 70 bench-distill python3 -m losskit bench distill --device cuda --out "$OUT"
+step 40 bench-dpo python3 -m losskit bench dpo --device cuda --impls gemms,torch,default,lean --out "$OUT"
