@@ -37,7 +37,7 @@ demo: $(VENV)/.demo
 # (ATEN_CPU_CAPABILITY=default: no vector instructions; torch's float32 rounding, which the
 # fused paths are budgeted against, changes with it) and in a shuffled order (pytest-randomly,
 # a fixed seed: any order must pass, and this one reproduces).
-FUSED_TESTS := tests/kernels tests/functional/test_linear_cross_entropy.py \
+FUSED_TESTS := tests/kernels tests/functional/test_linear_cross_entropy.py tests/functional/test_preference.py \
 	tests/functional/test_linear_cross_entropy_torch.py tests/distributed
 test: $(VENV)/.test
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 --durations=15 -q -p no:randomly
