@@ -876,11 +876,11 @@ def _linear(
     target: Tensor,
     *,
     bias: Tensor | None,
-    reference_logps: Tensor | None,
-    reference_input: Tensor | None,
-    reference_weight: Tensor | None,
-    reference_bias: Tensor | None,
-    side: dict[str, Tensor],
+    reference_logps: Tensor | None = None,
+    reference_input: Tensor | None = None,
+    reference_weight: Tensor | None = None,
+    reference_bias: Tensor | None = None,
+    side: dict[str, Tensor] | None = None,
     temperature: float,
     mask: Tensor | None,
     ignore_index: int,
@@ -905,7 +905,7 @@ def _linear(
     )  # fmt: skip
     s, t, d = call.s, call.t, hidden.shape[-1]
     counted = _counted(target, None if mask is None else mask.expand(s, t), ignore_index)
-    side = dict(side)
+    side = dict(side or {})
     ref = _reference(
         reference_logps, reference_input, reference_weight, reference_bias, target, tau, mask,
         ignore_index, impl, chunk_size, memory_budget,
@@ -1133,8 +1133,7 @@ def linear_orpo_loss(
     {linear}"""
     rule = ORPO(VP.check_beta(beta))
     return _linear(
-        rule, hidden, weight, target, bias=bias, reference_logps=None, reference_input=None,
-        reference_weight=None, reference_bias=None, side={}, temperature=temperature, mask=mask,
+        rule, hidden, weight, target, bias=bias, temperature=temperature, mask=mask,
         ignore_index=ignore_index, reduction=VP.check_reduction(reduction),
         return_metrics=return_metrics, impl=impl, chunk_size=chunk_size,
         memory_budget=memory_budget, validate=validate,
@@ -1167,8 +1166,7 @@ def linear_cpo_loss(
     {linear}"""
     rule = _cpo_rule(beta, label_smoothing, alpha)
     return _linear(
-        rule, hidden, weight, target, bias=bias, reference_logps=None, reference_input=None,
-        reference_weight=None, reference_bias=None, side={}, temperature=temperature, mask=mask,
+        rule, hidden, weight, target, bias=bias, temperature=temperature, mask=mask,
         ignore_index=ignore_index, reduction=VP.check_reduction(reduction),
         return_metrics=return_metrics, impl=impl, chunk_size=chunk_size,
         memory_budget=memory_budget, validate=validate,
@@ -1202,8 +1200,7 @@ def linear_simpo_loss(
     {linear}"""
     rule = _cpo_rule(beta, label_smoothing, alpha, gamma)
     return _linear(
-        rule, hidden, weight, target, bias=bias, reference_logps=None, reference_input=None,
-        reference_weight=None, reference_bias=None, side={}, temperature=temperature, mask=mask,
+        rule, hidden, weight, target, bias=bias, temperature=temperature, mask=mask,
         ignore_index=ignore_index, reduction=VP.check_reduction(reduction),
         return_metrics=return_metrics, impl=impl, chunk_size=chunk_size,
         memory_budget=memory_budget, validate=validate,
