@@ -76,13 +76,20 @@ def select(
     return getattr(kernels, loss), ""
 
 
+def tracing() -> bool:
+    """Whether ``torch.compile`` or ``torch.export`` is tracing the call: the fused paths then
+    go through their custom ops (:mod:`losskit.ops`) instead of their ``autograd.Function``."""
+    return torch.compiler.is_compiling()
+
+
 def eager(fn):
     """``fn``, wrapped in ``torch.compiler.disable`` while ``torch.compile`` traces.
 
-    Under ``torch.compile`` a chunked fused call runs eagerly (a graph break) instead of being
-    traced (its Python chunk loop and autograd.Function would be unrolled into the graph). The
-    wrapper is made on first use: decorating at import would import ``torch._dynamo`` (and
-    Triton) with every ``import losskit``.
+    For the fused paths that have no custom op yet (:mod:`losskit.ops`): under
+    ``torch.compile`` such a call runs eagerly (a graph break) instead of being traced (its
+    Python chunk loop and autograd.Function would be unrolled into the graph). The wrapper is
+    made on first use: decorating at import would import ``torch._dynamo`` (and Triton) with
+    every ``import losskit``.
     """
     if not torch.compiler.is_compiling():
         return fn

@@ -13,6 +13,8 @@ import functools
 import math
 from dataclasses import dataclass
 
+import torch
+
 from .._reduction import VALID_REDUCTIONS, resolve
 from .errors import LossTypeError, LossValueError
 
@@ -39,7 +41,7 @@ def check_float_option(
         raise LossTypeError(f"{name} must be a float, got {type(value).__name__}")
     value = float(value)
     below = value <= low if low_open else value < low
-    if math.isnan(value) or below or value > high:
+    if value != value or below or value > high:  # NaN (also for a traced SymFloat)
         left = "(" if low_open else "["
         right = "]" if math.isfinite(high) else ")"
         raise LossValueError(f"{name} must be in {left}{low:g}, {high:g}{right}, got {value:g}")
@@ -121,7 +123,8 @@ def cross_entropy_options(
     from a cache of checked options (keyed by type too, so ``label_smoothing=False`` still
     fails): on a tiny input, building the options is a visible part of a loss's cost.
     """
-    if size_average is None and reduce is None and reduction in VALID_REDUCTIONS:
+    traced = torch.compiler.is_compiling()  # the cache is host bookkeeping, not traced
+    if not traced and size_average is None and reduce is None and reduction in VALID_REDUCTIONS:
         try:
             return _checked_options(
                 reduction, ignore_index, label_smoothing, z_loss, softcap, allow_none_ignore

@@ -208,8 +208,11 @@ def check_class_indices(
     """Every index is in [0, num_classes) or equals ignore_index (one min/max pass).
 
     ``classes_of`` names the tensor whose dim ``class_dim`` holds the classes (in the message).
+    While ``torch.compile`` or ``torch.export`` traces, a value is not known: the fused ops
+    (:mod:`losskit.ops`) run this check in their bodies at run time instead, and the reference
+    path's ``gather`` raises on an index out of range.
     """
-    if target.numel() == 0:
+    if target.numel() == 0 or torch.compiler.is_compiling():
         return
     low, high = value_range(target)
     if low >= 0 and high < num_classes:

@@ -247,6 +247,7 @@ def _fused_cross_entropy(
     mask: Tensor | None,
     normalizer: float | Tensor | None,
     return_z_loss: bool,
+    validate: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor] | None:
     """Run the fused kernel, or return None (``required=False``) when it does not apply."""
     if not required and not _fused_applies(input):
@@ -271,6 +272,11 @@ def _fused_cross_entropy(
         recompute = _ce_recompute(
             input, rows, opts, weight=weight, mask=mask, normalizer=normalizer
         )
+    traced = {}
+    if D.tracing():  # torch.compile / torch.export: the custom op (losskit.ops)
+        from .. import ops
+
+        kernel, traced = ops, {"validate": validate}
     result = kernel.cross_entropy(
         logits,
         rows,
@@ -281,6 +287,7 @@ def _fused_cross_entropy(
         inplace_backward=inplace_backward,
         return_z_loss=return_z_loss,
         **D.kernel_options(opts),
+        **traced,
     )
     if opts.reduction != "none":
         return result
@@ -413,6 +420,7 @@ def cross_entropy(
             probabilities=probabilities,
             required=impl == "fused",
             inplace_backward=inplace_backward,
+            validate=validate,
             **extras,
         )
         if out is not None:

@@ -133,7 +133,7 @@ def _distill(
     if impl != "reference":
         out = _fused(
             student, s_rows, t_rows, y, opts, required=impl == "fused", mask=flat_mask,
-            normalizer=normalizer,
+            normalizer=normalizer, validate=validate,
         )  # fmt: skip
     if out is None:
         out = reference_distillation(s_rows, t_rows, y, opts, mask=flat_mask, normalizer=normalizer)
@@ -150,6 +150,7 @@ def _fused(
     required: bool,
     mask: Tensor | None,
     normalizer: float | Tensor | None,
+    validate: bool = True,
 ) -> Tensor | None:
     """The fused kernel's loss, or None (``impl='auto'``) where it does not apply: float64
     logits, no kernel for the device, or (on the CPU) fewer than
@@ -162,6 +163,13 @@ def _fused(
     )  # fmt: skip
     if kernel is None:
         return None
+    if D.tracing():  # torch.compile / torch.export: the custom op (losskit.ops)
+        from .. import ops
+
+        return ops.distillation(
+            s_rows.contiguous(), t_rows.contiguous(), y, opts=opts, mask=mask,
+            normalizer=D.kernel_normalizer(normalizer, student.device), validate=validate,
+        )  # fmt: skip
 
     def build(student: Tensor, teacher: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
         return (student, teacher), reference_distillation(
@@ -551,7 +559,7 @@ def linear_distillation_loss(
     if impl != "reference":
         out = _fused_linear(
             heads, y, opts, required=impl == "fused", mask=flat_mask, normalizer=normalizer,
-            chunk_size=chunk_size, memory_budget=memory_budget,
+            chunk_size=chunk_size, memory_budget=memory_budget, validate=validate,
         )  # fmt: skip
     if out is None:
         out = _reference_linear(heads, y, opts, mask=flat_mask, normalizer=normalizer)
@@ -576,6 +584,7 @@ def _fused_linear(
     normalizer: float | Tensor | None,
     chunk_size: int | None,
     memory_budget: int | str,
+    validate: bool = True,
 ) -> Tensor | None:
     """The chunked kernel's loss, or None where it does not apply (``impl='auto'``)."""
     xs = heads[0]
@@ -585,6 +594,15 @@ def _fused_linear(
     )  # fmt: skip
     if kernel is None:
         return None
+    if D.tracing():  # torch.compile / torch.export: the custom op (losskit.ops)
+        from .. import ops
+
+        contiguous = tuple(None if t is None else t.contiguous() for t in heads)
+        return ops.linear_distillation(
+            *contiguous, y, opts=opts, mask=mask,
+            normalizer=D.kernel_normalizer(normalizer, xs.device), chunk_size=chunk_size,
+            memory_budget=memory_budget, validate=validate,
+        )  # fmt: skip
     from ..kernels.chunked import budget_bytes, plan_pairs
 
     names = ("xs", "ws", "bs", "xt", "wt", "bt", "tl")

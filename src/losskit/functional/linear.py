@@ -144,8 +144,9 @@ def linear_cross_entropy(
         Under ``create_graph=True`` its backward recomputes the gradients with the reference's
         differentiable ops (torch's second derivative), from the inputs; an input over 16 MiB
         is held only weakly, and if it was freed by then the backward raises (keep a reference
-        to it, or use ``impl='reference'``). Under ``torch.compile`` the fused call runs
-        eagerly (a graph break, ``torch.compiler.disable``); the code around it compiles.
+        to it, or use ``impl='reference'``). Under ``torch.compile`` and ``torch.export`` the
+        fused call is the custom op ``losskit::linear_cross_entropy`` (:mod:`losskit.ops`):
+        no graph break, the eager numbers; no second order there.
 
     Example:
         >>> import torch, losskit.functional as LF
@@ -180,7 +181,7 @@ def linear_cross_entropy(
             reason=_unfused_reason(input, call), linear_bias=linear_bias, weight=weight,
             mask=flat_mask, normalizer=normalizer, chunk_size=chunk_size,
             memory_budget=memory_budget, accumulate=accumulate, retain_graph=retain,
-            return_z_loss=return_z_loss,
+            return_z_loss=return_z_loss, validate=validate,
         )  # fmt: skip
         if out is not None:
             return _shaped(out, opts.reduction, call)
@@ -346,6 +347,7 @@ def _fused(
     accumulate: str,
     retain_graph: bool,
     return_z_loss: bool,
+    validate: bool = True,
 ) -> tuple[Tensor | tuple[Tensor, Tensor] | None, str]:
     """Run the chunked kernel on ``(*, D)`` inputs with flat ``(N,)`` targets and mask (the
     loss, or ``(loss, z_term)``), or return None and why not (``required=False``) when it does
@@ -353,6 +355,17 @@ def _fused(
     kernel, reason = D.select("linear_cross_entropy", input, required=required, reason=reason)
     if kernel is None:
         return None, reason
+    if D.tracing():  # torch.compile / torch.export: the custom op (losskit.ops)
+        from .. import ops
+
+        loss = ops.linear_cross_entropy(
+            input.reshape(-1, input.shape[-1]).contiguous(), linear_weight.contiguous(), target,
+            bias=linear_bias, weight=weight, mask=mask,
+            normalizer=D.kernel_normalizer(normalizer, input.device), chunk_size=chunk_size,
+            memory_budget=memory_budget, accumulate=accumulate, return_z_loss=return_z_loss,
+            validate=validate, **D.kernel_options(opts),
+        )  # fmt: skip
+        return loss, ""
     recompute = _lce_recompute(
         input, linear_weight, linear_bias, target, opts, weight=weight, mask=mask,
         normalizer=normalizer,

@@ -40,11 +40,17 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._reduction import Rows, count_positions
+from .._reduction import count_positions
 from .._validate.distillation import DistillationOptions
 from .recompute import Recompute
 
-__all__ = ["DistillationFunction", "rows_", "run_distillation", "soft_factor"]
+__all__ = [
+    "DistillationFunction",
+    "distillation_forward",
+    "rows_",
+    "run_distillation",
+    "soft_factor",
+]
 
 _F32 = torch.float32
 
@@ -189,6 +195,35 @@ def rows_(
 Blocks = Callable[..., None]
 
 
+def distillation_forward(
+    student: Tensor,
+    teacher: Tensor,
+    target: Tensor | None,
+    *,
+    opts: DistillationOptions,
+    mask: Tensor | None,
+    normalizer: Tensor | None,
+    want: tuple[bool, bool],
+    blocks: Blocks,
+    empty: Callable[..., Tensor],
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The reduced loss and the gradients of ``(student, teacher)`` that ``want`` asks for (None
+    otherwise), for grad_output = 1 (each row unscaled for ``'none'``: its grad_output comes
+    later), without autograd: what :class:`DistillationFunction` and the custom op
+    ``losskit::distillation`` run. ``blocks`` and ``empty(n, v, dtype, device)`` are the
+    backend's row rule and gradient buffers."""
+    rows = count_positions(
+        target, student.shape[0], student.device, ignore_index=opts.ignore_index,
+        reduction=opts.reduction, mask=mask, normalizer=normalizer,
+    )  # fmt: skip
+    y = None if opts.alpha == 0.0 else rows.y
+    gs = empty(*student.shape, student.dtype, student.device) if want[0] else None
+    gt = empty(*teacher.shape, teacher.dtype, teacher.device) if want[1] else None
+    loss_rows = torch.empty(student.shape[0], dtype=_F32, device=student.device)
+    blocks(student, teacher, y, rows.factor(), opts, loss_rows, gs, gt)
+    return rows.reduce(loss_rows, student.dtype), gs, gt
+
+
 class DistillationFunction(torch.autograd.Function):
     """Autograd node of the fused logits-level distillation: the gradients are computed in the
     forward (unscaled per row for ``'none'``) and scaled by ``grad_output`` in the backward."""
@@ -198,29 +233,28 @@ class DistillationFunction(torch.autograd.Function):
         ctx,
         student: Tensor,
         teacher: Tensor,
-        y: Tensor | None,
-        rows: Rows,
+        target: Tensor | None,
+        mask: Tensor | None,
+        normalizer: Tensor | None,
         opts: DistillationOptions,
         recompute: Recompute | None,
         backend: tuple[Blocks, Callable, Callable],
     ) -> Tensor:
         blocks, scale, empty = backend
-        want_s, want_t = (bool(f) for f in ctx.needs_input_grad[:2])
-        # 'none': unscaled rows (1 where a row counts); the per-row grad_output comes later
-        r = rows.factor()
-        gs = empty(*student.shape, student.dtype, student.device) if want_s else None
-        gt = empty(*teacher.shape, teacher.dtype, teacher.device) if want_t else None
-        loss_rows = torch.empty(student.shape[0], dtype=_F32, device=student.device)
-        blocks(student, teacher, y, r, opts, loss_rows, gs, gt)
+        want = tuple(bool(f) for f in ctx.needs_input_grad[:2])
+        loss, gs, gt = distillation_forward(
+            student, teacher, target, opts=opts, mask=mask, normalizer=normalizer, want=want,
+            blocks=blocks, empty=empty,
+        )  # fmt: skip
         ctx.grads = [gs, gt]
         ctx.scale = scale
-        ctx.deferred = rows.reduction == "none"
+        ctx.deferred = opts.reduction == "none"
         ctx.recompute = recompute or Recompute("distillation")
-        return rows.reduce(loss_rows, student.dtype)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        tail = (None,) * 5
+        tail = (None,) * 6
         if torch.is_grad_enabled():  # create_graph=True: differentiable gradients
             ctx.grads = None
             return ctx.recompute.gradients(grad_loss, ctx.needs_input_grad)
@@ -258,15 +292,12 @@ def run_distillation(
 ) -> Tensor:
     """A backend's fused logits-level loss: its ``blocks`` and ``scale_`` (``t *= grad_output``)
     and ``empty(n, v, dtype, device)`` (its gradient buffers), on the rows of the call."""
-    rows = count_positions(
-        target, student.shape[0], student.device, ignore_index=opts.ignore_index,
-        reduction=opts.reduction, mask=mask, normalizer=normalizer,
-    )  # fmt: skip
-    y = None if opts.alpha == 0.0 else rows.y
     if torch.is_grad_enabled() and (student.requires_grad or teacher.requires_grad):
         return DistillationFunction.apply(
-            student, teacher, y, rows, opts, recompute, (blocks, scale, empty)
+            student, teacher, target, mask, normalizer, opts, recompute, (blocks, scale, empty)
         )
-    loss_rows = torch.empty(student.shape[0], dtype=_F32, device=student.device)
-    blocks(student, teacher, y, rows.factor(), opts, loss_rows, None, None)
-    return rows.reduce(loss_rows, student.dtype)
+    loss, _, _ = distillation_forward(
+        student, teacher, target, opts=opts, mask=mask, normalizer=normalizer,
+        want=(False, False), blocks=blocks, empty=empty,
+    )  # fmt: skip
+    return loss

@@ -15,7 +15,14 @@ from ..recompute import Recompute
 from .epilogue import Chunk, Epilogue
 from .plan import LOGITS_PANEL, ChunkPlan
 
-__all__ = ["Head", "LinearCrossEntropyFunction", "linear_cross_entropy", "run_chunks"]
+__all__ = [
+    "Head",
+    "LinearCrossEntropyFunction",
+    "backward_rows",
+    "forward",
+    "linear_cross_entropy",
+    "run_chunks",
+]
 
 _F32 = torch.float32
 
@@ -241,6 +248,56 @@ def run_chunks(
     return (loss_rows, *head.grads())
 
 
+def forward(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    normalizer: Tensor | None,
+    opts: CrossEntropyOptions,
+    plan: ChunkPlan,
+    epi: Epilogue,
+    want: tuple[bool, bool, bool],
+    return_z_loss: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """The reduced loss, the reduced z term (None without ``return_z_loss``) and ``(dX, dW, db)``
+    for grad_output = 1 (None where ``want`` says no), without autograd: what
+    :class:`LinearCrossEntropyFunction` and the custom op ``losskit::linear_cross_entropy`` run.
+    ``weight`` is float32 or None."""
+    rows = _count_rows(target, weight, mask, normalizer, opts)
+    z_rows = _z_buffer(x, return_z_loss)
+    loss_rows, dx, dw, db = run_chunks(
+        x, w, bias, target, mask, rows, plan, epi, want, z_rows=z_rows
+    )
+    zterm = None if z_rows is None else rows.reduce(z_rows, x.dtype)
+    return rows.reduce(loss_rows, x.dtype), zterm, dx, dw, db
+
+
+def backward_rows(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    normalizer: Tensor | None,
+    opts: CrossEntropyOptions,
+    plan: ChunkPlan,
+    epi: Epilogue,
+    want: tuple[bool, bool, bool],
+    grad_rows: Tensor,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(dX, dW, db)`` of ``reduction='none'`` for the rows' ``grad_output`` ``grad_rows``
+    ``(N,)``: the chunks again, each row's gradient scaled by its ``grad_output``."""
+    rows = _count_rows(target, weight, mask, normalizer, opts)
+    _, dx, dw, db = run_chunks(
+        x, w, bias, target, mask, rows, plan, epi, want, row_scale=grad_rows.to(_F32).reshape(-1)
+    )
+    return dx, dw, db
+
+
 # --------------------------------------------------------------------------------------------
 # autograd
 # --------------------------------------------------------------------------------------------
@@ -277,26 +334,21 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         ctx.recompute = recompute or Recompute("linear_cross_entropy")  # no rule: raises
         if bias is None:
             want = (want[0], want[1], False)
-        rows = _count_rows(target, weight, mask, normalizer, opts)
         ctx.plan, ctx.epi, ctx.retain = plan, epi, retain_graph
         ctx.deferred = opts.reduction == "none"
-        z_rows = _z_buffer(x, return_z_loss)
+        loss, zterm, dx, dw, db = forward(
+            x, w, bias, target, weight, mask, normalizer, opts, plan, epi,
+            (False, False, False) if ctx.deferred else want, return_z_loss,
+        )  # fmt: skip
         if ctx.deferred:
-            loss_rows, *_ = run_chunks(
-                x, w, bias, target, mask, rows, plan, epi, (False, False, False), z_rows=z_rows
-            )
-            ctx.rows, ctx.target, ctx.mask = rows, target, mask
+            ctx.opts, ctx.target, ctx.weight = opts, target, weight
+            ctx.mask, ctx.normalizer = mask, normalizer
             ctx.save_for_backward(x, w, bias)
             ctx.want = want
         else:
-            loss_rows, dx, dw, db = run_chunks(
-                x, w, bias, target, mask, rows, plan, epi, want, z_rows=z_rows
-            )
             ctx.grads = [dx, dw, db]
-        loss = rows.reduce(loss_rows, x.dtype)
-        if z_rows is None:
+        if zterm is None:
             return loss
-        zterm = rows.reduce(z_rows, x.dtype)
         ctx.mark_non_differentiable(zterm)
         return loss, zterm
 
@@ -309,9 +361,9 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             return ctx.recompute.gradients(grad_loss, ctx.needs_input_grad)
         if ctx.deferred:
             x, w, bias = ctx.saved_tensors
-            _, dx, dw, db = run_chunks(
-                x, w, bias, ctx.target, ctx.mask, ctx.rows, ctx.plan, ctx.epi, ctx.want,
-                row_scale=grad_loss.to(_F32).reshape(-1),
+            dx, dw, db = backward_rows(
+                x, w, bias, ctx.target, ctx.weight, ctx.mask, ctx.normalizer, ctx.opts,
+                ctx.plan, ctx.epi, ctx.want, grad_loss,
             )  # fmt: skip
             return (dx, dw, db, *tail)
         grads = ctx.grads
@@ -436,10 +488,8 @@ def linear_cross_entropy(
             x, w, bias, target, wf, mask, normalizer, opts, plan, epilogue, retain_graph,
             recompute, bool(return_z_loss),
         )  # fmt: skip
-    rows = _count_rows(target, wf, mask, normalizer, opts)
-    z_rows = _z_buffer(x, return_z_loss)
-    loss_rows, *_ = run_chunks(
-        x, w, bias, target, mask, rows, plan, epilogue, (False, False, False), z_rows=z_rows
-    )
-    loss = rows.reduce(loss_rows, x.dtype)
-    return loss if z_rows is None else (loss, rows.reduce(z_rows, x.dtype))
+    loss, zterm, *_ = forward(
+        x, w, bias, target, wf, mask, normalizer, opts, plan, epilogue, (False, False, False),
+        return_z_loss,
+    )  # fmt: skip
+    return loss if zterm is None else (loss, zterm)

@@ -32,7 +32,13 @@ from . import engine  # a module: the CPU backend imports this file while engine
 from .epilogue import Chunk, PairEpilogue
 from .plan import ChunkPlan
 
-__all__ = ["LinearDistillationFunction", "linear_distillation", "run_pairs"]
+__all__ = [
+    "LinearDistillationFunction",
+    "linear_distillation",
+    "pairs_forward",
+    "pairs_rows",
+    "run_pairs",
+]
 
 _F32 = torch.float32
 
@@ -89,6 +95,42 @@ def run_pairs(
     buf_s = buf_t = zs = zt = None  # free the chunk buffers before dW is converted
     grads = student.grads() + (teacher.grads() if teacher is not None else (None,) * 3)
     return loss_rows, (*grads, dtl)
+
+
+def pairs_rows(
+    target: Tensor | None,
+    n: int,
+    mask: Tensor | None,
+    normalizer: Tensor | None,
+    opts: DistillationOptions,
+    device: torch.device,
+) -> tuple[Tensor, Rows]:
+    """The flat ``(N,)`` targets the chunks read (zeros without labels) and the call's rows."""
+    rows = count_positions(
+        target, n, device, ignore_index=opts.ignore_index, reduction=opts.reduction,
+        mask=mask, normalizer=normalizer,
+    )  # fmt: skip
+    return (rows.y if target is None else target), rows
+
+
+def pairs_forward(
+    heads: tuple[Tensor | None, ...],
+    target: Tensor | None,
+    *,
+    opts: DistillationOptions,
+    mask: Tensor | None,
+    normalizer: Tensor | None,
+    plan: ChunkPlan,
+    epi: PairEpilogue,
+    want: tuple[bool, ...],
+    row_scale: Tensor | None = None,
+) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+    """The reduced loss and the gradients of ``heads`` that ``want`` asks for, without
+    autograd: what the custom ops ``losskit::linear_distillation`` (and its ``_backward``, with
+    the rows' grad_output as ``row_scale``) run."""
+    flat, rows = pairs_rows(target, heads[0].shape[0], mask, normalizer, opts, heads[0].device)
+    loss_rows, grads = run_pairs(heads, flat, mask, rows, plan, epi, want, row_scale)
+    return rows.reduce(loss_rows, heads[0].dtype), grads
 
 
 class LinearDistillationFunction(torch.autograd.Function):
@@ -194,12 +236,7 @@ def linear_distillation(
     """
     if not isinstance(epilogue, PairEpilogue):
         epilogue = epilogue(opts)
-    n = xs.shape[0]
-    rows = count_positions(
-        target, n, xs.device, ignore_index=opts.ignore_index, reduction=opts.reduction,
-        mask=mask, normalizer=normalizer,
-    )  # fmt: skip
-    flat = rows.y if target is None else target
+    flat, rows = pairs_rows(target, xs.shape[0], mask, normalizer, opts, xs.device)
     heads = (xs, ws, bs, xt, wt, bt, tl)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in heads):
         return LinearDistillationFunction.apply(*heads, flat, rows, mask, plan, epilogue, recompute)

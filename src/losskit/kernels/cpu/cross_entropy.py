@@ -52,7 +52,7 @@ from ..rows import Smoothing, gradient_, gradient_coefficients, row_loss
 from .memory import empty_rows
 from .threads import Claim, share_blocks
 
-__all__ = ["CHUNK_BYTES", "CrossEntropyFunction", "cross_entropy"]
+__all__ = ["CHUNK_BYTES", "CrossEntropyFunction", "cross_entropy", "cross_entropy_forward"]
 
 #: float32 bytes per block of rows. On a 2-core EPYC (1 MiB L2 per core, 32 MiB L3) 4-8 MiB was
 #: fastest: smaller blocks pay more per-op overhead, larger ones fall out of the caches.
@@ -362,3 +362,27 @@ def cross_entropy(
     # No gradient wanted (evaluation): the loss alone, no gradient buffer, logits untouched.
     loss, zterm, _ = _forward(logits, call, want_grad=False)
     return (loss, zterm) if return_z_loss else loss
+
+
+def cross_entropy_forward(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    reduction: str,
+    normalizer: Tensor | None,
+    mask: Tensor | None,
+    want_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`cross_entropy` without autograd, for ``losskit.ops``: ``(loss, z term, gradient
+    for grad_output = 1 or None)``, the logits left as they are (``kernels/CONTRACT.md`` §5)."""
+    opts = CrossEntropyOptions(
+        reduction, ignore_index, float(label_smoothing), float(z_loss),
+        None if softcap is None else float(softcap),
+    )  # fmt: skip
+    call = _Call(target, weight, normalizer, mask, opts, False, True)
+    return _forward(logits, call, want_grad=want_grad)

@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 
 from ..._validate.distillation import DistillationOptions
+from .. import divergence
 from ..divergence import rows_, run_distillation
 from ..recompute import Recompute
 from .memory import empty_rows
 
-__all__ = ["blocks_", "distillation", "scale_"]
+__all__ = ["blocks_", "distillation", "distillation_forward", "scale_"]
 
 _F32 = torch.float32
 
@@ -121,4 +122,22 @@ def distillation(
     return run_distillation(
         student, teacher, target, opts=opts, mask=mask, normalizer=normalizer,
         recompute=recompute, blocks=blocks_, scale=scale_, empty=_empty,
+    )  # fmt: skip
+
+
+def distillation_forward(
+    student: Tensor,
+    teacher: Tensor,
+    target: Tensor | None,
+    *,
+    opts: DistillationOptions,
+    mask: Tensor | None,
+    normalizer: Tensor | None,
+    want: tuple[bool, bool],
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """:func:`distillation` without autograd, for ``losskit.ops``: the loss and the wanted
+    gradients of ``(student, teacher)`` for grad_output = 1 (``kernels/CONTRACT.md`` §5)."""
+    return divergence.distillation_forward(
+        student, teacher, target, opts=opts, mask=mask, normalizer=normalizer, want=want,
+        blocks=blocks_, empty=_empty,
     )  # fmt: skip

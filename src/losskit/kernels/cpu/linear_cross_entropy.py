@@ -35,7 +35,7 @@ from .cross_entropy import CHUNK_BYTES
 # (The engine's own buffers come from kernels/cpu/memory.py, so importing the engine imports this
 # package: the names above are taken from the engine's submodules, which are complete by then.)
 
-__all__ = ["CpuEpilogue", "linear_cross_entropy"]
+__all__ = ["EPILOGUE", "CpuEpilogue", "linear_cross_entropy"]
 
 _F32 = torch.float32
 
@@ -51,7 +51,7 @@ class CpuEpilogue(Epilogue):
     def _load(self, zb: Tensor, out: Tensor, th: Tensor | None) -> None:
         """``out = z'`` (float32) of the block ``zb``; ``th = tanh(z / s)`` under a softcap."""
         if self.cap is None:
-            if out.data_ptr() != zb.data_ptr():
+            if out.dtype != zb.dtype:  # a float32 scratch block (else ``out`` is the block)
                 out.copy_(zb)
             return
         if th.dtype == zb.dtype:
@@ -192,3 +192,7 @@ def linear_cross_entropy(
     """
     options.setdefault("epilogue", CpuEpilogue)
     return engine.linear_cross_entropy(x, w, target, **options)
+
+
+#: This backend's epilogue, as ``losskit.ops`` builds it for the engine's pure entries
+EPILOGUE = CpuEpilogue

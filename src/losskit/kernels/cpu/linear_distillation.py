@@ -19,7 +19,7 @@ from ..chunked import pairs
 from ..chunked.epilogue import Chunk, PairEpilogue
 from .distillation import blocks_, scale_
 
-__all__ = ["CpuPairEpilogue", "linear_distillation"]
+__all__ = ["EPILOGUE", "CpuPairEpilogue", "linear_distillation"]
 
 
 class CpuPairEpilogue(PairEpilogue):
@@ -43,3 +43,7 @@ def linear_distillation(*heads: Tensor | None, **options: Any) -> Tensor:
     :class:`CpuPairEpilogue` unless given."""
     options.setdefault("epilogue", CpuPairEpilogue)
     return pairs.linear_distillation(*heads, **options)
+
+
+#: This backend's pair epilogue, as ``losskit.ops`` builds it for the engine's pure entry
+EPILOGUE = CpuPairEpilogue

@@ -65,6 +65,7 @@ __all__ = [
     "CrossEntropyFunction",
     "INTERPRETED",
     "cross_entropy",
+    "cross_entropy_forward",
     "cross_entropy_with_plan",
     "launch",
 ]
@@ -508,6 +509,31 @@ def cross_entropy(
     # No gradient wanted: compute the loss only (no gradient buffer, logits untouched).
     loss, zterm, _ = _forward(logits, target, weight, mask, normalizer, call, False)
     return (loss, zterm) if return_z_loss else loss
+
+
+def cross_entropy_forward(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    reduction: str,
+    normalizer: Tensor | None,
+    mask: Tensor | None,
+    want_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`cross_entropy` without autograd, for ``losskit.ops``: ``(loss, z term, gradient
+    for grad_output = 1 or None)``, the logits left as they are (``kernels/CONTRACT.md`` §5)."""
+    options = CrossEntropyOptions(
+        reduction=reduction, ignore_index=int(ignore_index),
+        label_smoothing=float(label_smoothing), z_loss=float(z_loss),
+        softcap=None if softcap is None else float(softcap),
+    )  # fmt: skip
+    call = _Call(options, False, True, make_plan(logits.shape[1], logits.device, DEFAULT_PLAN))
+    return _forward(logits, target, weight, mask, normalizer, call, want_grad)
 
 
 def cross_entropy_with_plan(

@@ -47,11 +47,12 @@ import triton.language as tl
 from torch import Tensor
 
 from ..._validate.distillation import DistillationOptions
+from .. import divergence
 from ..divergence import run_distillation, soft_factor
 from ..recompute import Recompute
 from .common import check_device, device_guard, load_logits, online_block, scale_grad
 
-__all__ = ["ROW_BLOCK", "blocks_", "distillation", "scale_"]
+__all__ = ["ROW_BLOCK", "blocks_", "distillation", "distillation_forward", "scale_"]
 
 #: Columns per loop step of the row kernel (a power of two; shorter rows take the next power of
 #: two of ``V``), spread over :func:`_warps` warps.
@@ -356,4 +357,22 @@ def distillation(
     return run_distillation(
         student, teacher, target, opts=opts, mask=mask, normalizer=normalizer,
         recompute=recompute, blocks=blocks_, scale=scale_, empty=_empty,
+    )  # fmt: skip
+
+
+def distillation_forward(
+    student: Tensor,
+    teacher: Tensor,
+    target: Tensor | None,
+    *,
+    opts: DistillationOptions,
+    mask: Tensor | None,
+    normalizer: Tensor | None,
+    want: tuple[bool, bool],
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """:func:`distillation` without autograd, for ``losskit.ops``: the loss and the wanted
+    gradients of ``(student, teacher)`` for grad_output = 1 (``kernels/CONTRACT.md`` §5)."""
+    return divergence.distillation_forward(
+        student, teacher, target, opts=opts, mask=mask, normalizer=normalizer, want=want,
+        blocks=blocks_, empty=_empty,
     )  # fmt: skip

@@ -50,7 +50,7 @@ from .common import (
 )
 from .plans import DEFAULT_PLAN, Plan, make_plan
 
-__all__ = ["TritonEpilogue", "linear_cross_entropy", "INTERPRETED"]
+__all__ = ["EPILOGUE", "TritonEpilogue", "linear_cross_entropy", "INTERPRETED"]
 
 #: Columns per program step of the tile kernels.
 TILE_BLOCK = 4096
@@ -243,3 +243,7 @@ def linear_cross_entropy(
     check_device(x.device, "input")
     options.setdefault("epilogue", TritonEpilogue)
     return engine.linear_cross_entropy(x, w, target, **options)
+
+
+#: This backend's epilogue, as ``losskit.ops`` builds it for the engine's pure entries
+EPILOGUE = TritonEpilogue

@@ -22,7 +22,7 @@ from ..chunked.pairs import linear_distillation as _engine
 from .common import check_device
 from .distillation import blocks_, scale_
 
-__all__ = ["TritonPairEpilogue", "linear_distillation"]
+__all__ = ["EPILOGUE", "TritonPairEpilogue", "linear_distillation"]
 
 
 class TritonPairEpilogue(PairEpilogue):
@@ -47,3 +47,7 @@ def linear_distillation(*heads: Tensor | None, **options: Any) -> Tensor:
     check_device(heads[0].device, "student_input")
     options.setdefault("epilogue", TritonPairEpilogue)
     return _engine(*heads, **options)
+
+
+#: This backend's pair epilogue, as ``losskit.ops`` builds it for the engine's pure entry
+EPILOGUE = TritonPairEpilogue
