@@ -194,7 +194,7 @@ class Rows:
     def factor(self, i: int = 0, j: int | None = None) -> Tensor:
         """``r`` of rows ``[i, j)``: the factor of each row's gradient in the reduced loss
         (``1/D`` for ``'mean'``, 1 otherwise; 0 where the row does not count)."""
-        counted = self.counted[i:j]
+        counted = self.counted if i == 0 and j is None else self.counted[i:j]
         if self.denominator is None:
             return counted.to(self.w_y.dtype)
         # where, not a product: 1/D is inf when no row counts

@@ -263,20 +263,21 @@ def _fused_cross_entropy(
     rows = target.reshape(-1).long()
     if mask is not None:
         mask = mask.expand(out_shape).reshape(-1)
-    if inplace_backward:
+    if D.tracing():  # torch.compile / torch.export: the custom op (losskit.ops)
+        from .. import ops
+
+        kernel, recompute, traced = ops.cross_entropy, None, {"validate": validate}
+    elif inplace_backward:
         V.check_inplace_allowed("input", input, logits)
         recompute = Recompute.unsupported(
             "cross_entropy", "inplace_backward=True overwrote the logits with their gradient"
         )
+        traced = {}
     else:
         recompute = _ce_recompute(
             input, rows, opts, weight=weight, mask=mask, normalizer=normalizer
         )
-    traced = {}
-    if D.tracing():  # torch.compile / torch.export: the custom op (losskit.ops)
-        from .. import ops
-
-        kernel, traced = ops, {"validate": validate}
+        traced = {}
     result = kernel.cross_entropy(
         logits,
         rows,

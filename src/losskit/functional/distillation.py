@@ -166,7 +166,7 @@ def _fused(
     if D.tracing():  # torch.compile / torch.export: the custom op (losskit.ops)
         from .. import ops
 
-        return ops.distillation(
+        return ops.distillation.distillation(
             s_rows.contiguous(), t_rows.contiguous(), y, opts=opts, mask=mask,
             normalizer=D.kernel_normalizer(normalizer, student.device), validate=validate,
         )  # fmt: skip
@@ -598,7 +598,7 @@ def _fused_linear(
         from .. import ops
 
         contiguous = tuple(None if t is None else t.contiguous() for t in heads)
-        return ops.linear_distillation(
+        return ops.distillation.linear_distillation(
             *contiguous, y, opts=opts, mask=mask,
             normalizer=D.kernel_normalizer(normalizer, xs.device), chunk_size=chunk_size,
             memory_budget=memory_budget, validate=validate,

@@ -358,7 +358,7 @@ def _fused(
     if D.tracing():  # torch.compile / torch.export: the custom op (losskit.ops)
         from .. import ops
 
-        loss = ops.linear_cross_entropy(
+        loss = ops.linear_cross_entropy.linear_cross_entropy(
             input.reshape(-1, input.shape[-1]).contiguous(), linear_weight.contiguous(), target,
             bias=linear_bias, weight=weight, mask=mask,
             normalizer=D.kernel_normalizer(normalizer, input.device), chunk_size=chunk_size,

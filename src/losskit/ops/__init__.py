@@ -22,14 +22,16 @@ The ops (one file each here), their outputs, their backward:
 The ``_backward`` ops have no derivative of their own (a second order raises).
 
 Every op takes validated inputs in the kernels' layout (``kernels/CONTRACT.md``); the public
-functions of :mod:`losskit.functional` validate and reshape, then call :func:`cross_entropy` or
-:func:`linear_cross_entropy` here when tracing. A gradient an op does not compute comes back as
-an empty ``(0,)`` tensor (an op returns tensors, never None). The op bodies read no tensor value
-on the host: no ``.item()``, no data-dependent branch (``tests/ops`` runs them on
-``FakeTensorMode`` tensors); the CPU cross-entropy's list of uncounted rows is the one exception,
-host code on the host's own memory. Under ``torch.compile`` a second-order gradient
-(``create_graph=True``) is not available (AOTAutograd's limit); ``inplace_backward=True`` gives
-the gradient a buffer of its own (a compiled graph may not overwrite its input).
+functions of :mod:`losskit.functional` validate and reshape, then, when tracing, call the
+launcher of the loss's module here (``ops.linear_cross_entropy.linear_cross_entropy``: the
+keywords of the kernels' launcher, as ``kernels.<backend>.<loss>`` has it). A gradient an op
+does not compute comes back as an empty ``(0,)`` tensor (an op returns tensors, never None). The
+op bodies read no tensor value on the host: no ``.item()``, no data-dependent branch
+(``tests/ops`` runs them on ``FakeTensorMode`` tensors); the CPU cross-entropy's list of
+uncounted rows is the one exception, host code on the host's own memory. Under ``torch.compile``
+a second-order gradient (``create_graph=True``) is not available (AOTAutograd's limit);
+``inplace_backward=True`` gives the gradient a buffer of its own (a compiled graph may not
+overwrite its input).
 
 Importing this module registers the ops (``import losskit`` does not: the functional path
 imports it on its first traced call). A program exported with them needs ``import losskit.ops``
@@ -38,8 +40,6 @@ where it is loaded.
 
 from __future__ import annotations
 
-from .cross_entropy import cross_entropy
-from .distillation import distillation, linear_distillation
-from .linear_cross_entropy import linear_cross_entropy
+from . import cross_entropy, distillation, linear_cross_entropy
 
-__all__ = ["cross_entropy", "distillation", "linear_cross_entropy", "linear_distillation"]
+__all__ = ["cross_entropy", "distillation", "linear_cross_entropy"]
