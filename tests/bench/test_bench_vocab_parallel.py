@@ -1,8 +1,9 @@
 """``losskit bench vocab-parallel --quick`` runs end to end on 2 gloo processes.
 
 Not a timing test: it checks the numbers the bench reports that do not depend on the machine (the
-bytes counted from the collectives actually issued equal the analytic count; the loss equals the
-single-process loss) and that the CSV files are written.
+bytes counted from the collectives actually issued equal the analytic count, for torch's DTensor
+``loss_parallel()`` too, whose functional collectives bypass ``torch.distributed.all_reduce``;
+the loss equals the single-process loss) and that the CSV files are written.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def test_bytes_per_row_match_the_analytic_count(bench_out) -> None:
     assert float(gather["handed_bytes_per_row"]) == math.ceil(V / WORLD) * 4
     # ring all-reduce on 2 ranks sends the payload once; the all-gather sends it once too
     assert float(vp["ring_sent_bytes_per_row"]) == pytest.approx(3 * 4 + 10 * 8 / N)
+    # the DTensor call issues the same collectives (from_local / to_local move nothing)
+    dt = rows[VP.DTENSOR]
+    for field in ("collectives", "handed_bytes_per_row", "analytic_bytes_per_row"):
+        assert dt[field] == vp[field], field
+    # loss_parallel: three funcol all_reduces of (N, 1) float32 (max, sum of exp, target logit),
+    # no shape exchange; counted through torch.distributed._functional_collectives
+    lp = rows[VP.LOSS_PARALLEL]
+    assert int(lp["collectives"]) == 3
+    assert float(lp["handed_bytes_per_row"]) == pytest.approx(3 * 4, rel=1e-12)
+    assert float(lp["analytic_bytes_per_row"]) == pytest.approx(3 * 4, rel=1e-12)
 
 
 def test_losses_equal_the_single_process_loss(bench_out) -> None:
@@ -61,6 +72,12 @@ def test_times_written(bench_out) -> None:
     for row in rows.values():
         assert float(row["median_ms"]) > 0 and row["world"] == str(WORLD)
     assert float(rows[VP.GATHER]["x_baseline"]) == 1.0
+
+
+def test_loss_parallel_row_left_out_with_label_smoothing() -> None:
+    assert VP.methods(0.0) == VP.METHODS
+    assert VP.LOSS_PARALLEL not in VP.methods(0.1)
+    assert set(VP.methods(0.1)) == set(VP.METHODS) - {VP.LOSS_PARALLEL}
 
 
 def test_split_is_near_even() -> None:

@@ -132,6 +132,46 @@ LCE_CASES: dict[str, dict] = {
     ),
 }
 
+#: DTensor inputs (``dtensor.py``), each compared with torch's ``loss_parallel()`` on the same
+#: DTensor logits and with the single-process loss. ``lp``: how far loss_parallel (torch 2.13)
+#: takes the call: True (loss and gradient), ``'forward'`` (its backward with class weights
+#: gathers the weight at the raw target, so an ignored -100 raises IndexError) or False (label
+#: smoothing is "currently not supported" there; an empty shard, V = 2 over 3 ranks, fails in
+#: its gather). ``dt_inputs``: target and class weights as ``Replicate()`` DTensors too.
+DT_CE_CASES: dict[str, dict] = {
+    "mean": dict(V=11, shape=(9,), ignore=True),
+    "mean_float32": dict(V=37, shape=(12,), ignore=True, dtype="float32"),
+    "sum_weight": dict(V=11, shape=(8,), weight=True, opts=dict(reduction="sum")),
+    "none_weight_float32": dict(
+        V=13, shape=(8,), weight=True, dtype="float32", opts=dict(reduction="none")
+    ),
+    "weight_ignored_targets": dict(V=11, shape=(9,), ignore=True, weight=True, lp="forward"),
+    "ignore_index_in_range": dict(
+        V=11, shape=(9,), ignore=True, weight=True, dt_inputs=True, opts=dict(ignore_index=3)
+    ),
+    "batch_time_3d": dict(V=11, shape=(2, 4), weight=True),
+    "none_3d": dict(V=5, shape=(2, 3), ignore=True, opts=dict(reduction="none")),
+    "label_smoothing": dict(
+        V=11, shape=(8,), ignore=True, mask=True, lp=False, opts=dict(label_smoothing=0.1)
+    ),
+    "empty_shard": dict(V=2, shape=(6,), weight=True, lp=False, opts=dict(z_loss=0.01)),
+    # the mesh lists the ranks backwards: rank r holds the slice of mesh coordinate world-1-r
+    "reversed_mesh": dict(
+        V=11, shape=(7,), ignore=True, mesh="reversed", opts=dict(reduction="sum")
+    ),
+}
+
+#: the DTensor head (``Shard(0)``); ``plain_input``: the hidden states as a plain tensor
+DT_LCE_CASES: dict[str, dict] = {
+    "bias_mean": dict(V=11, D=5, shape=(9,), bias=True, ignore=True, opts=dict(chunk_size=4)),
+    "plain_input_weight_sum": dict(
+        V=13, D=4, shape=(8,), weight=True, plain_input=True, opts=dict(reduction="sum")
+    ),
+    "bias_none_float32": dict(
+        V=37, D=6, shape=(10,), bias=True, ignore=True, dtype="float32", opts=dict(reduction="none")
+    ),
+}
+
 #: the DDP recipes: hidden sizes and each rank's two micro-batch sizes (uneven on purpose). DDP
 #: pulls in torch._dynamo (seconds of import per process), so only the 3-process group runs it.
 DDP_SHAPE = dict(D=5, H=6, C=7, micro_batches=2)
@@ -182,10 +222,11 @@ def _extras(spec: dict, gen: torch.Generator, dtype: torch.dtype) -> dict:
     return kwargs
 
 
-def build_ce(name: str) -> dict:
-    """Full logits (``(*shape, V)``), target, loss kwargs and upstream gradient of a CE case."""
-    spec = CE_CASES[name]
-    gen = _gen(name)
+def build_ce(name: str, table: str = "") -> dict:
+    """Full logits (``(*shape, V)``), target, loss kwargs and upstream gradient of a CE case
+    (of ``CE_CASES``, or of ``DT_CE_CASES`` with ``table='dt'``)."""
+    spec = DT_CE_CASES[name] if table == "dt" else CE_CASES[name]
+    gen = _gen(table + name)
     dtype = getattr(torch, spec.get("dtype", "float64"))
     logits = torch.randn(*spec["shape"], spec["V"], generator=gen, dtype=F64)
     logits = (logits * spec.get("scale", 2.0)).to(dtype)
@@ -203,18 +244,22 @@ def build_ce(name: str) -> dict:
     return dict(logits=logits, target=target, kwargs=kwargs, upstream=upstream.to(dtype))
 
 
-def build_lce(name: str) -> dict:
-    """Full hidden states, head weight/bias, target, kwargs, upstream of a linear CE case."""
-    spec = LCE_CASES[name]
-    gen = _gen("lce-" + name)
-    x = torch.randn(*spec["shape"], spec["D"], generator=gen, dtype=F64)
-    head = torch.randn(spec["V"], spec["D"], generator=gen, dtype=F64)
-    bias = torch.randn(spec["V"], generator=gen, dtype=F64) if spec.get("bias") else None
-    kwargs = _extras(spec, gen, F64)
+def build_lce(name: str, table: str = "") -> dict:
+    """Full hidden states, head weight/bias, target, kwargs, upstream of a linear CE case
+    (of ``LCE_CASES``, or of ``DT_LCE_CASES`` with ``table='dt'``)."""
+    spec = DT_LCE_CASES[name] if table == "dt" else LCE_CASES[name]
+    gen = _gen(table + "lce-" + name)
+    dtype = getattr(torch, spec.get("dtype", "float64"))
+    x = torch.randn(*spec["shape"], spec["D"], generator=gen, dtype=F64).to(dtype)
+    head = torch.randn(spec["V"], spec["D"], generator=gen, dtype=F64).to(dtype)
+    bias = torch.randn(spec["V"], generator=gen, dtype=F64).to(dtype) if spec.get("bias") else None
+    kwargs = _extras(spec, gen, dtype)
     target = _targets(spec, gen, -100)
     reduced = kwargs.get("reduction", "mean") != "none"
     upstream = torch.rand(() if reduced else spec["shape"], generator=gen, dtype=F64) + 0.5
-    return dict(input=x, head=head, bias=bias, target=target, kwargs=kwargs, upstream=upstream)
+    return dict(
+        input=x, head=head, bias=bias, target=target, kwargs=kwargs, upstream=upstream.to(dtype)
+    )
 
 
 def build_ddp(world: int) -> dict:
@@ -246,6 +291,76 @@ def make_mlp(params: dict) -> torch.nn.Module:
     model = model.to(F64)
     model.load_state_dict(params)
     return model
+
+
+def dtensor_split(num_classes: int, world: int) -> list[tuple[int, int]]:
+    """(start, size) of each rank's part under DTensor's ``Shard``: ``torch.chunk``'s split."""
+    chunk = -(-num_classes // world)
+    starts = [min(r * chunk, num_classes) for r in range(world)]
+    return [(a, min(num_classes, a + chunk) - a) for a in starts]
+
+
+#: FSDP2 (``fully_shard``) on 2 processes: token ids -> embedding -> tanh(linear) -> the head,
+#: whose loss is ``LF.linear_cross_entropy(hidden, head.weight, target)``; uneven per-rank token
+#: counts, ``normalizer=global_count(...)`` and the FSDP recipe of docs/distributed.md.
+FSDP_SHAPE = dict(ids=9, D=4, H=6, V=11)
+FSDP_WORLDS = (2,)
+#: where the loss runs and how FSDP2 is set up:
+#: ``root``: one fully_shard unit, the loss in the model's forward, ``loss * world``;
+#: ``root_divide_1``: the same with ``set_gradient_divide_factor(1.0)`` and no factor;
+#: ``head_unit``: the head is a fully_shard unit of its own, the loss in the head's forward;
+#: ``head_unit_outside``: that head, but the loss in the model's forward (``head.weight`` is then
+#: a ``Shard(0)`` DTensor: linear_cross_entropy must raise, naming the fix).
+FSDP_VARIANTS = ("root", "root_divide_1", "head_unit", "head_unit_outside")
+
+
+def build_fsdp(world: int) -> dict:
+    """The tiny model's parameters and each rank's (ids, target) batch (uneven sizes)."""
+    gen = _gen(f"fsdp-{world}")
+    n_ids, d, h, v = (FSDP_SHAPE[k] for k in ("ids", "D", "H", "V"))
+    params = {
+        "emb.weight": torch.randn(n_ids, d, generator=gen, dtype=F64),
+        "proj.weight": torch.randn(h, d, generator=gen, dtype=F64),
+        "proj.bias": torch.randn(h, generator=gen, dtype=F64),
+        "head.weight": torch.randn(v, h, generator=gen, dtype=F64),
+    }
+    batches = []
+    for r in range(world):
+        n = 5 + 3 * r
+        ids = torch.randint(0, n_ids, (n,), generator=gen)
+        y = torch.randint(0, v, (n,), generator=gen)
+        y[torch.rand(n, generator=gen) < 0.25] = -100
+        batches.append((ids, y))
+    return dict(params=params, batches=batches)
+
+
+class LossHead(torch.nn.Linear):
+    """A head whose forward is the loss, so that FSDP2 all-gathers its weight for it."""
+
+    def forward(self, hidden, target, normalizer=None):
+        import losskit.functional as LF
+
+        return LF.linear_cross_entropy(hidden, self.weight, target, normalizer=normalizer)
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self, params: dict, loss_in_head: bool) -> None:
+        super().__init__()
+        n_ids, d, h, v = (FSDP_SHAPE[k] for k in ("ids", "D", "H", "V"))
+        self.emb = torch.nn.Embedding(n_ids, d)
+        self.proj = torch.nn.Linear(d, h)
+        self.head = LossHead(h, v, bias=False)
+        self.loss_in_head = loss_in_head
+        self.to(F64)
+        self.load_state_dict(params)
+
+    def forward(self, ids, target, normalizer=None):
+        import losskit.functional as LF
+
+        hidden = torch.tanh(self.proj(self.emb(ids)))
+        if self.loss_in_head:
+            return self.head(hidden, target, normalizer)
+        return LF.linear_cross_entropy(hidden, self.head.weight, target, normalizer=normalizer)
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,6 +527,225 @@ def run_errors(rank: int, world: int) -> dict:
     return out
 
 
+class CollectiveCount:
+    """Counts the ``torch.distributed`` collectives issued while active (losskit's go through
+    ``dist.all_gather`` / ``dist.all_reduce``)."""
+
+    NAMES = ("all_gather", "all_reduce", "broadcast", "all_gather_into_tensor")
+
+    def __enter__(self) -> CollectiveCount:
+        import torch.distributed as dist
+
+        self.count, self._saved = 0, {n: getattr(dist, n) for n in self.NAMES}
+        for name, original in self._saved.items():
+            setattr(dist, name, self._counted(original))
+        return self
+
+    def _counted(self, original):
+        def counted(*args, **kwargs):
+            self.count += 1
+            return original(*args, **kwargs)
+
+        return counted
+
+    def __exit__(self, *exc: object) -> None:
+        import torch.distributed as dist
+
+        for name, original in self._saved.items():
+            setattr(dist, name, original)
+
+
+def run_dtensor(rank: int, world: int) -> dict:
+    """The DTensor path against torch's loss_parallel() on the same DTensors; the bad
+    placements (each must raise before any collective)."""
+    import torch.nn.functional as F
+    from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    from losskit.distributed import (
+        vocab_parallel_cross_entropy,
+        vocab_parallel_linear_cross_entropy,
+    )
+
+    mesh = init_device_mesh("cpu", (world,))
+    backwards = DeviceMesh("cpu", torch.arange(world).flip(0))
+
+    def dt(t: torch.Tensor, *placements, grad: bool = False, on=None):
+        out = distribute_tensor(t, on or mesh, list(placements), src_data_rank=None)
+        return out.requires_grad_(True) if grad else out
+
+    def rep(t):
+        return None if t is None else dt(t, Replicate())
+
+    def torch_kwargs(kwargs: dict) -> dict:  # what F.cross_entropy takes of a case's options
+        keys = ("weight", "ignore_index", "reduction")
+        return {k: kwargs[k] for k in keys if k in kwargs}
+
+    out: dict = {"ce": {}, "lce": {}, "errors": {}}
+    for name, spec in DT_CE_CASES.items():
+        data = build_ce(name, "dt")
+        kwargs, target = dict(data["kwargs"]), data["target"]
+        if spec.get("dt_inputs"):
+            target, kwargs["weight"] = rep(target), rep(kwargs.get("weight"))
+        on = backwards if spec.get("mesh") == "reversed" else mesh
+        up = dt(data["upstream"], Replicate(), on=on)
+        x = dt(data["logits"], Shard(-1), grad=True, on=on)
+        loss = vocab_parallel_cross_entropy(x, target, **kwargs)
+        (loss * up).sum().backward()
+        rec = dict(
+            loss=loss.to_local().detach(),
+            loss_type=type(loss).__name__,
+            loss_placements=repr(loss.placements),
+            grad=x.grad.to_local(),
+            grad_placements=repr(x.grad.placements),
+            size=x.to_local().shape[-1],
+        )
+        if spec.get("lp", True):
+            x2 = dt(data["logits"], Shard(-1), grad=True, on=on)
+            with loss_parallel():
+                z = x2.transpose(1, 2) if x2.dim() == 3 else x2  # torch's classes: dim 1
+                ref = F.cross_entropy(z, target, **torch_kwargs(kwargs))
+                backward = _attempt(lambda r=ref, u=up: (r * u).sum().backward())
+            rec["torch"] = dict(
+                loss=ref.to_local().detach(),
+                loss_placements=repr(ref.placements),
+                backward=backward,
+                grad=None if x2.grad is None else x2.grad.to_local(),
+                grad_placements=None if x2.grad is None else repr(x2.grad.placements),
+            )
+        out["ce"][name] = rec
+
+    for name, spec in DT_LCE_CASES.items():
+        data = build_lce(name, "dt")
+        kwargs, target, up = dict(data["kwargs"]), data["target"], rep(data["upstream"])
+        results = {}
+        for who in ("losskit", "torch"):
+            w = dt(data["head"], Shard(0), grad=True)
+            b = None if data["bias"] is None else dt(data["bias"], Shard(0), grad=True)
+            plain = who == "losskit" and spec.get("plain_input")
+            x = data["input"].clone().requires_grad_(True) if plain else None
+            x = x if plain else dt(data["input"], Replicate(), grad=True)
+            if who == "losskit":
+                loss = vocab_parallel_linear_cross_entropy(x, w, target, bias_shard=b, **kwargs)
+                (loss * up).sum().backward()
+            else:
+                with loss_parallel():
+                    loss = F.cross_entropy(F.linear(x, w, b), target, **torch_kwargs(kwargs))
+                    (loss * up).sum().backward()
+            results[who] = dict(
+                loss=loss.to_local().detach(),
+                loss_placements=repr(loss.placements),
+                grad_weight=w.grad.to_local(),
+                grad_weight_placements=repr(w.grad.placements),
+                grad_bias=None if b is None else b.grad.to_local(),
+                grad_input=x.grad if plain else x.grad.full_tensor(),
+                grad_input_placements="plain" if plain else repr(x.grad.placements),
+            )
+        out["lce"][name] = results
+
+    # bad placements: every rank raises the same error before any collective
+    data = build_ce("mean", "dt")
+    full, target = data["logits"], data["target"]
+    lce = build_lce("bias_mean", "dt")
+    mesh_2d = init_device_mesh("cpu", (1, world))
+    w_good, b_good = dt(lce["head"], Shard(0)), dt(lce["bias"], Shard(0))
+    cases = {
+        "logits_shard0": lambda: vocab_parallel_cross_entropy(dt(full, Shard(0)), target),
+        "logits_partial": lambda: vocab_parallel_cross_entropy(
+            DTensor.from_local(full, mesh, [Partial()], run_check=False), target
+        ),
+        "logits_replicate": lambda: vocab_parallel_cross_entropy(dt(full, Replicate()), target),
+        "mesh_2d": lambda: vocab_parallel_cross_entropy(
+            distribute_tensor(full, mesh_2d, [Replicate(), Shard(1)], src_data_rank=None), target
+        ),
+        "target_sharded": lambda: vocab_parallel_cross_entropy(
+            dt(full, Shard(1)), dt(target, Shard(0))
+        ),
+        "plain_logits_dtensor_target": lambda: vocab_parallel_cross_entropy(full, rep(target)),
+        "vocab_start_given": lambda: vocab_parallel_cross_entropy(
+            dt(full, Shard(1)), target, vocab_start=0
+        ),
+        "head_shard1": lambda: vocab_parallel_linear_cross_entropy(
+            lce["input"], dt(lce["head"], Shard(1)), lce["target"]
+        ),
+        "bias_plain": lambda: vocab_parallel_linear_cross_entropy(
+            lce["input"], w_good, lce["target"], bias_shard=lce["bias"]
+        ),
+        "plain_head_dtensor_bias": lambda: vocab_parallel_linear_cross_entropy(
+            lce["input"], w_good.to_local(), lce["target"], bias_shard=b_good
+        ),
+        "input_sharded": lambda: vocab_parallel_linear_cross_entropy(
+            dt(lce["input"], Shard(0)), w_good, lce["target"], bias_shard=b_good
+        ),
+    }
+    for case, fn in cases.items():
+        with CollectiveCount() as counted:
+            rec = _attempt(fn)
+        out["errors"][case] = {**rec, "collectives": counted.count}
+    # the group is still in step: a good DTensor call works
+    good = vocab_parallel_cross_entropy(dt(full, Shard(-1)), target)
+    out["errors"]["after_errors"] = dict(loss=good.to_local().detach())
+    return out
+
+
+def run_fsdp(rank: int, world: int) -> dict:
+    """FSDP2 on gloo: each variant's loss and every parameter's full gradient after one step."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from losskit.distributed import global_count
+    from losskit.distributed.dtensor import refuse_dtensor_head
+
+    mesh = init_device_mesh("cpu", (world,))
+    data = build_fsdp(world)
+    ids, y = data["batches"][rank]
+    count = global_count(y)
+    out: dict = {}
+    for variant in FSDP_VARIANTS:
+        model = TinyLM(data["params"], loss_in_head=variant == "head_unit")
+        if variant.startswith("head_unit"):
+            fully_shard(model.head, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        if variant == "head_unit_outside":
+            rec = _attempt(lambda m=model: m(ids, y, count))
+            placements = repr(model.head.weight.placements)
+            hidden = torch.zeros(len(y), FSDP_SHAPE["H"], dtype=F64)
+            helper = _attempt(lambda m=model, h=hidden: refuse_dtensor_head(h, m.head.weight, None))
+            out[variant] = dict(error=rec, helper=helper, placements=placements)
+            continue
+        if variant == "root_divide_1":
+            model.set_gradient_divide_factor(1.0)
+        loss = model(ids, y, count)  # this rank's sum / the global count
+        (loss if variant == "root_divide_1" else loss * world).backward()
+        logged = loss.detach().clone()
+        dist.all_reduce(logged)  # the global mean, for logging
+        grads = {k: p.grad.full_tensor() for k, p in model.named_parameters()}
+        out[variant] = dict(
+            count=count,
+            loss=logged,
+            grads=grads,
+            grad_types={k: type(p.grad).__name__ for k, p in model.named_parameters()},
+        )
+    # what head.weight is, outside the forward: after the root's forward (not resharded) and
+    # after the backward (resharded)
+    model = TinyLM(data["params"], loss_in_head=False)
+    fully_shard(model, mesh=mesh)
+    loss = model(ids, y, count)
+    after_forward = type(model.head.weight).__name__
+    loss.backward()
+    out["head_weight_type"] = dict(
+        after_forward=after_forward,
+        after_backward=type(model.head.weight).__name__,
+        after_backward_placements=repr(model.head.weight.placements),
+    )
+    return out
+
+
+_DTENSOR = "torch.distributed.tensor"
+
+
 def main() -> int:
     rank, world = int(sys.argv[1]), int(sys.argv[2])
     store, out_file = sys.argv[3], sys.argv[4]
@@ -426,12 +760,20 @@ def main() -> int:
         world_size=world,
         timeout=datetime.timedelta(seconds=20),
     )
-    results: dict = {}
+    import losskit.distributed  # noqa: F401
+
+    # a plain-tensor call must not import DTensor (``losskit.distributed.dtensor`` looks it up)
+    results: dict = {"dtensor_imported": {"after_import": _DTENSOR in sys.modules}}
     try:
         suites = [("ce", run_ce), ("lce", run_lce), ("errors", run_errors)]
+        suites.append(("dtensor", run_dtensor))
         if world in DDP_WORLDS:
             suites.append(("ddp", run_ddp))
+        if world in FSDP_WORLDS:
+            suites.append(("fsdp", run_fsdp))
         for suite, fn in suites:
+            if suite == "dtensor":
+                results["dtensor_imported"]["after_plain_calls"] = _DTENSOR in sys.modules
             t0 = time.monotonic()
             results[suite] = fn(rank, world)
             results.setdefault("seconds", {})[suite] = time.monotonic() - t0

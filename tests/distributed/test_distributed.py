@@ -12,7 +12,14 @@ this file builds the same inputs, computes the single-process result with
   with uneven per-rank token counts and 2 micro-batches equal the single-process full-batch mean
   (3 processes);
 - bad input on one rank raises on every rank, promptly (the group timeout is 20 s; a deadlock
-  would show as a timeout error after it), and the group stays usable afterwards.
+  would show as a timeout error after it), and the group stays usable afterwards;
+- DTensor inputs (logits ``Shard(-1)``, the head ``Shard(0)``, uneven as DTensor splits them):
+  the loss and every gradient equal torch's ``loss_parallel()`` + ``F.cross_entropy`` on the
+  same DTensors and the single-process loss, with the same placements; bad placements raise on
+  every rank before any collective;
+- FSDP2 (``fully_shard``, 2 processes): ``LF.linear_cross_entropy(hidden, head.weight, y)``
+  inside the forward gives every parameter the single-process gradient; the head's ``Shard(0)``
+  DTensor weight outside the forward raises, naming the fix.
 """
 
 from __future__ import annotations
@@ -273,6 +280,189 @@ def test_group_usable_after_errors(groups, world: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# DTensor inputs, against torch's loss_parallel()
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_plain_calls_do_not_import_dtensor(groups, world: int) -> None:
+    for rank, res in enumerate(groups[world]):
+        imported = res["dtensor_imported"]
+        assert imported == {"after_import": False, "after_plain_calls": False}, f"rank {rank}"
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("case", list(W.DT_CE_CASES))
+def test_dtensor_cross_entropy_equals_loss_parallel(groups, world: int, case: str) -> None:
+    spec = W.DT_CE_CASES[case]
+    data = W.build_ce(case, "dt")
+    loss, _, grad = _reference_ce(data)
+    dtype, ndim = data["logits"].dtype, data["logits"].dim()
+    compared = 0
+    for rank, res in enumerate(groups[world]):
+        got = res["dtensor"]["ce"][case]
+        coordinate = world - 1 - rank if spec.get("mesh") == "reversed" else rank
+        start, size = W.dtensor_split(spec["V"], world)[coordinate]
+        assert got["size"] == size
+        assert (got["loss_type"], got["loss_placements"]) == ("DTensor", "(Replicate(),)")
+        assert got["grad_placements"] == f"(Shard(dim={ndim - 1}),)"
+        assert got["loss"].dtype == dtype
+        _close(got["loss"], loss, f"rank {rank} loss", dtype)
+        _close(got["grad"], grad[..., start : start + size], f"rank {rank} gradient", dtype)
+        ref = got.get("torch")
+        if ref is None:
+            assert spec.get("lp", True) is False
+            continue
+        # loss_parallel returns a Replicate() DTensor on a 1-D mesh for every reduction
+        assert ref["loss_placements"] == got["loss_placements"]
+        _close(got["loss"], ref["loss"], f"rank {rank} loss vs loss_parallel", dtype)
+        if ref["backward"]["type"] != "none":  # torch 2.13: class weights with ignored targets
+            assert spec.get("lp") == "forward", ref["backward"]
+            continue
+        assert ref["grad_placements"] == got["grad_placements"]
+        _close(got["grad"], ref["grad"], f"rank {rank} gradient vs loss_parallel", dtype)
+        compared += 1
+    assert compared == (world if spec.get("lp", True) is True else 0)
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("case", list(W.DT_LCE_CASES))
+def test_dtensor_linear_cross_entropy_equals_loss_parallel(groups, world: int, case: str) -> None:
+    spec = W.DT_LCE_CASES[case]
+    data = W.build_lce(case, "dt")
+    dtype = data["input"].dtype
+    x = data["input"].clone().requires_grad_(True)
+    head = data["head"].clone().requires_grad_(True)
+    bias = data["bias"].clone().requires_grad_(True) if data["bias"] is not None else None
+    kwargs = {k: v for k, v in data["kwargs"].items() if k != "chunk_size"}
+    loss = LF.cross_entropy(
+        torch.nn.functional.linear(x, head, bias), data["target"], impl="reference", **kwargs
+    )
+    (loss * data["upstream"]).sum().backward()
+    for rank, res in enumerate(groups[world]):
+        start, size = W.dtensor_split(spec["V"], world)[rank]
+        for who, got in res["dtensor"]["lce"][case].items():
+            what = f"rank {rank} {who}"
+            assert got["loss_placements"] == "(Replicate(),)", what
+            assert got["grad_weight_placements"] == "(Shard(dim=0),)", what
+            # losskit all-reduces the input's gradient; loss_parallel leaves it Partial(sum)
+            expected = {"torch": "(Partial(sum),)", "losskit": "(Replicate(),)"}[who]
+            if who == "losskit" and spec.get("plain_input"):
+                expected = "plain"
+            assert got["grad_input_placements"] == expected, what
+            _close(got["loss"], loss.detach(), f"{what} loss", dtype)
+            _close(got["grad_input"], x.grad, f"{what} input gradient", dtype)
+            _close(got["grad_weight"], head.grad[start : start + size], f"{what} head grad", dtype)
+            if bias is not None:
+                _close(got["grad_bias"], bias.grad[start : start + size], f"{what} bias", dtype)
+
+
+_DT_ERRORS = {
+    "logits_shard0": ("LossValueError", "logits_shard is a DTensor of shape (9, 11) with "
+                      "placements (Shard(dim=0),)"),
+    "logits_partial": ("LossValueError", "placements (Partial(sum),)"),
+    "logits_replicate": ("LossValueError", "expected placements (Shard(1),)"),
+    "mesh_2d": ("LossValueError", "on a 2-D DeviceMesh of shape (1, {world})"),
+    "target_sharded": ("LossValueError", "target is a DTensor of shape (9,) with placements "
+                       "(Shard(dim=0),)"),
+    "plain_logits_dtensor_target": ("LossTypeError", "target is a DTensor but logits_shard is "
+                                    "a plain Tensor"),
+    "vocab_start_given": ("LossValueError", "vocab_start=0 was given"),
+    "head_shard1": ("LossValueError", "weight_shard is a DTensor of shape (11, 5) with "
+                    "placements (Shard(dim=1),)"),
+    "bias_plain": ("LossTypeError", "bias_shard is a plain tensor, but weight_shard is a DTensor"),
+    "plain_head_dtensor_bias": ("LossTypeError", "bias_shard is a DTensor but weight_shard is "
+                                "a plain Tensor"),
+    "input_sharded": ("LossValueError", "input is a DTensor of shape (9, 5) with placements "
+                      "(Shard(dim=0),)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("case", list(_DT_ERRORS))
+def test_dtensor_bad_placement_raises_before_any_collective(groups, world: int, case: str) -> None:
+    kind, detail = _DT_ERRORS[case]
+    detail = detail.format(world=world)
+    for rank, res in enumerate(groups[world]):
+        got = res["dtensor"]["errors"][case]
+        assert got["type"] == kind, f"rank {rank}: {got['type']}: {got['msg']}"
+        assert detail in got["msg"], f"rank {rank}: {got['msg']!r} lacks {detail!r}"
+        assert got["collectives"] == 0, f"rank {rank} issued {got['collectives']} collectives"
+        assert got["msg"] == groups[world][0]["dtensor"]["errors"][case]["msg"]
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_dtensor_group_usable_after_errors(groups, world: int) -> None:
+    loss, _, _ = _reference_ce(W.build_ce("mean", "dt"))
+    for rank, res in enumerate(groups[world]):
+        _close(res["dtensor"]["errors"]["after_errors"]["loss"], loss, f"rank {rank} loss")
+
+
+# --------------------------------------------------------------------------------------------
+# FSDP2: linear_cross_entropy on the head's weight
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("world", W.FSDP_WORLDS)
+@pytest.mark.parametrize("variant", ["root", "root_divide_1", "head_unit"])
+def test_fsdp2_gradients_equal_single_process(groups, world: int, variant: str) -> None:
+    data = W.build_fsdp(world)
+    model = W.TinyLM(data["params"], loss_in_head=variant == "head_unit")
+    ids = torch.cat([i for i, _ in data["batches"]])
+    ys = torch.cat([y for _, y in data["batches"]])
+    loss = model(ids, ys)  # the mean over the whole global batch
+    loss.backward()
+    hidden = torch.tanh(model.proj(model.emb(ids)))
+    logits = torch.nn.functional.linear(hidden, model.head.weight)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, ys))
+    sizes = [len(y) for _, y in data["batches"]]
+    assert len(set(sizes)) == world  # uneven per-rank token counts
+    for rank, res in enumerate(groups[world]):
+        got = res["fsdp"][variant]
+        assert int(got["count"]) == int((ys != -100).sum())
+        assert set(got["grad_types"].values()) == {"DTensor"}  # FSDP2's sharded gradients
+        _close(got["loss"], loss.detach(), f"rank {rank} logged loss")
+        for name, p in model.named_parameters():
+            _close(got["grads"][name], p.grad, f"rank {rank} gradient of {name}")
+
+
+@pytest.mark.parametrize("world", W.FSDP_WORLDS)
+def test_fsdp2_head_weight_is_sharded_outside_forward(groups, world: int) -> None:
+    """What the recipe rests on: the root unit leaves head.weight gathered after its forward
+    and sharded (Shard(0)) after the backward; a head unit of its own is sharded in the root's
+    forward."""
+    for res in groups[world]:
+        seen = res["fsdp"]["head_weight_type"]
+        assert seen == dict(
+            after_forward="Parameter",
+            after_backward="DTensor",
+            after_backward_placements="(Shard(dim=0),)",
+        )
+        assert res["fsdp"]["head_unit_outside"]["placements"] == "(Shard(dim=0),)"
+
+
+@pytest.mark.parametrize("world", W.FSDP_WORLDS)
+def test_refuse_dtensor_head_names_the_fix(groups, world: int) -> None:
+    for rank, res in enumerate(groups[world]):
+        got = res["fsdp"]["head_unit_outside"]["helper"]
+        assert got["type"] == "LossTypeError", f"rank {rank}: {got}"
+        assert (
+            "linear_weight is a DTensor of shape (11, 6) with placements (Shard(dim=0),)"
+            in (got["msg"])
+        )
+        assert "inside the forward of the module that fully_shard wraps" in got["msg"]
+
+
+@pytest.mark.parametrize("world", W.FSDP_WORLDS)
+def test_linear_cross_entropy_refuses_fsdp2_sharded_head(groups, world: int) -> None:
+    """Needs ``refuse_dtensor_head`` called at the top of ``LF.linear_cross_entropy``."""
+    for rank, res in enumerate(groups[world]):
+        got = res["fsdp"]["head_unit_outside"]["error"]
+        assert got["type"] == "LossTypeError", f"rank {rank}: {got['type']}: {got['msg']}"
+        assert got["msg"] == res["fsdp"]["head_unit_outside"]["helper"]["msg"]
+
+
+# --------------------------------------------------------------------------------------------
 # in this process (no group)
 # --------------------------------------------------------------------------------------------
 
@@ -288,7 +478,19 @@ def test_needs_an_initialized_group() -> None:
         global_count(torch.tensor([0, 1]))
 
 
+def test_is_dtensor_on_plain_values() -> None:
+    from losskit.distributed.dtensor import is_dtensor, refuse_dtensor_head, unwrap
+
+    t = torch.zeros(2, 3)
+    assert not any(is_dtensor(v) for v in (t, torch.nn.Parameter(t), None, 3, [t]))
+    assert unwrap({"logits_shard": (t, -1, "")}, {"target": t}, group=None, vocab_start=2) is None
+    refuse_dtensor_head(t, t, None)  # plain tensors pass
+
+
 def test_split_layouts() -> None:
+    assert W.dtensor_split(11, 3) == [(0, 4), (4, 4), (8, 3)]
+    assert W.dtensor_split(2, 3) == [(0, 1), (1, 1), (2, 0)]
+    assert W.dtensor_split(5, 4) == [(0, 2), (2, 2), (4, 1), (5, 0)]
     assert W.split(11, 3) == [(0, 4), (4, 4), (8, 3)]
     assert W.split(11, 3, "reversed") == [(7, 4), (3, 4), (0, 3)]
     assert W.split(2, 3, "empty_last") == [(0, 1), (1, 1), (2, 0)]

@@ -7,15 +7,23 @@ round by round, every call between two barriers):
 - ``vocab-parallel``: :func:`losskit.distributed.vocab_parallel_cross_entropy` (row statistics
   cross the network; the backward has no communication);
 - ``all-gather + CE``: all-gather the logits (slices padded to one width, as ``all_gather``
-  needs), cross-entropy on the full ``N x V`` on every rank, each rank keeps its gradient slice.
+  needs), cross-entropy on the full ``N x V`` on every rank, each rank keeps its gradient slice;
+- ``loss_parallel (DTensor)``: torch's ``torch.distributed.tensor.parallel.loss_parallel()``
+  and ``F.cross_entropy`` on the logits as a DTensor sharded on the classes (``Shard(1)`` on a
+  1-D mesh; DTensor's own split of the classes). Not run with ``--label-smoothing`` (torch's
+  loss_parallel does not support it);
+- ``vocab-parallel (DTensor)``: :func:`~losskit.distributed.vocab_parallel_cross_entropy` on
+  that same DTensor.
 
 Reported per method: forward+backward times (each round's slowest rank), and the bytes per row
-that one rank hands to the collectives, counted from the collectives actually issued (the worker
-wraps ``torch.distributed``'s functions), next to the bytes a ring algorithm sends for them and
-the analytic count of ``docs/distributed.md``. Both methods' losses must agree (exit code 1 if
-not). Goals printed at the end: each method hands the collectives the bytes per row of that
-count (``--check`` exits 1 when one does not). ``--out DIR`` writes ``vocab_parallel.csv``
-(times) and ``vocab_parallel_bytes.csv``.
+that one rank hands to the collectives, counted from the collectives actually issued, next to
+the bytes a ring algorithm sends for them and the analytic count of ``docs/distributed.md``. The
+worker wraps ``torch.distributed``'s functions (losskit's collectives) and those of
+``torch.distributed._functional_collectives`` (DTensor's and loss_parallel's: they call the
+functional collectives, not ``torch.distributed.all_reduce``). Every method's loss must agree
+(exit code 1 if not). Goals printed at the end: each method hands the collectives the bytes per
+row of that count (``--check`` exits 1 when one does not). ``--out DIR`` writes
+``vocab_parallel.csv`` (times) and ``vocab_parallel_bytes.csv``.
 """
 
 from __future__ import annotations
@@ -39,7 +47,9 @@ from . import _common as C
 
 GATHER = "all-gather + CE"
 VOCAB_PARALLEL = "vocab-parallel"
-METHODS = (VOCAB_PARALLEL, GATHER)
+LOSS_PARALLEL = "loss_parallel (DTensor)"
+DTENSOR = "vocab-parallel (DTensor)"
+METHODS = (VOCAB_PARALLEL, DTENSOR, LOSS_PARALLEL, GATHER)
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 DEFAULT_SHAPE = (2048, 32000)
 QUICK_SHAPE = (256, 4096)
@@ -95,13 +105,23 @@ def split(v: int, world: int) -> list[tuple[int, int]]:
     return [(sum(sizes[:r]), sizes[r]) for r in range(world)]
 
 
+def methods(label_smoothing: float) -> tuple[str, ...]:
+    """The methods a run compares (torch's loss_parallel takes no label smoothing)."""
+    return tuple(m for m in METHODS if not (m == LOSS_PARALLEL and label_smoothing > 0))
+
+
 def analytic_bytes_per_row(n: int, v: int, world: int, dtype: str, smoothing: bool) -> dict:
     """Bytes one rank hands to collectives per row, from the formulas."""
     stat = 8 if dtype == "float64" else 4  # row statistics: float32, float64 for float64 logits
+    # MAX of the row maxima; SUM of (sumexp, target logit[, smoothing sum]); the 10-integer
+    # all_gather of every call, amortized over the rows
+    losskit = (1 + 2 + int(smoothing)) * stat + 10 * 8 / n
     return {
-        # MAX of the row maxima; SUM of (sumexp, target logit[, smoothing sum]); the 10-integer
-        # all_gather of every call, amortized over the rows
-        VOCAB_PARALLEL: (1 + 2 + int(smoothing)) * stat + 10 * 8 / n,
+        VOCAB_PARALLEL: losskit,
+        DTENSOR: losskit,  # the same call: from_local / to_local move nothing
+        # three all_reduces of (N, 1) in its compute dtype (float32 for bfloat16): the row
+        # maxima (MAX), the sum of exponentials and the target's log-probability (SUM)
+        LOSS_PARALLEL: 3 * stat,
         # this rank's slice of every row, padded to the widest slice
         GATHER: math.ceil(v / world) * DTYPES[dtype].itemsize,
     }
@@ -120,35 +140,51 @@ def ring_bytes(kind: str, nbytes: int, world: int) -> float:
 
 
 class CollectiveCounter:
-    """Wraps ``torch.distributed``'s all_reduce / all_gather to record what this rank hands them."""
+    """Wraps the collectives to record what this rank hands them: ``torch.distributed``'s
+    all_reduce / all_gather (losskit's), and the functional collectives of
+    ``torch.distributed._functional_collectives`` (DTensor's and loss_parallel's, which never
+    call ``torch.distributed.all_reduce``; they look the functions up on that module at call
+    time, so the wrapping sees them)."""
 
-    NAMES = ("all_reduce", "all_gather", "all_gather_into_tensor")
+    #: (module, function, kind, which argument is this rank's tensor)
+    WRAPPED = (
+        ("dist", "all_reduce", "all_reduce", 0),
+        ("dist", "all_gather", "all_gather", 1),
+        ("dist", "all_gather_into_tensor", "all_gather", 1),
+        ("funcol", "all_reduce", "all_reduce", 0),
+        ("funcol", "all_gather_tensor", "all_gather", 0),
+        ("funcol", "reduce_scatter_tensor", "reduce_scatter", 0),
+        ("funcol", "all_to_all_single", "all_to_all", 0),
+        ("funcol", "broadcast", "broadcast", 0),
+    )
 
     def __init__(self, dist) -> None:
-        self.dist = dist
+        import torch.distributed._functional_collectives as funcol
+
+        self.modules = {"dist": dist, "funcol": funcol}
         self.records: list[tuple[str, int]] = []
-        self._originals: dict = {}
+        self._originals: list[tuple[object, str, object]] = []
 
     def __enter__(self) -> CollectiveCounter:
-        for name in self.NAMES:
-            original = getattr(self.dist, name)
-            self._originals[name] = original
-            setattr(self.dist, name, self._wrap(name, original))
+        for module, name, kind, arg in self.WRAPPED:
+            owner = self.modules[module]
+            original = getattr(owner, name)
+            self._originals.append((owner, name, original))
+            setattr(owner, name, self._wrap(kind, arg, original))
         return self
 
-    def _wrap(self, name, original):
-        def wrapped(first, *args, **kwargs):
-            # all_reduce(tensor), all_gather(list, tensor), all_gather_into_tensor(out, tensor)
-            tensor = first if name == "all_reduce" else args[0]
-            kind = "all_reduce" if name == "all_reduce" else "all_gather"
+    def _wrap(self, kind: str, arg: int, original):
+        def wrapped(*args, **kwargs):
+            tensor = args[arg]
             self.records.append((kind, tensor.numel() * tensor.element_size()))
-            return original(first, *args, **kwargs)
+            return original(*args, **kwargs)
 
         return wrapped
 
     def __exit__(self, *exc: object) -> None:
-        for name, original in self._originals.items():
-            setattr(self.dist, name, original)
+        for owner, name, original in reversed(self._originals):
+            setattr(owner, name, original)
+        self._originals.clear()
 
 
 def _worker(rank: int, world: int, store: str, out: str, config: dict) -> None:
@@ -167,11 +203,18 @@ def _worker(rank: int, world: int, store: str, out: str, config: dict) -> None:
         timeout=datetime.timedelta(seconds=120),
     )
     n, v, eps = config["n"], config["v"], config["label_smoothing"]
+    names = methods(eps)
     logits, target = inputs(n, v, config["dtype"])
     layout = split(v, world)
     start, size = layout[rank]
     width = max(s for _, s in layout)
     shard = logits[:, start : start + size].contiguous()
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    mesh = init_device_mesh("cpu", (world,))
+    sharded = distribute_tensor(logits, mesh, [Shard(1)], src_data_rank=None)  # DTensor's split
     del logits
     state: dict = {}
 
@@ -193,6 +236,19 @@ def _worker(rank: int, world: int, store: str, out: str, config: dict) -> None:
         x.backward(full.grad[:, start : start + size])  # each rank keeps its slice
         state[GATHER] = float(loss)
 
+    def dtensor_vocab_parallel() -> None:
+        x = sharded.detach().requires_grad_(True)
+        loss = vocab_parallel_cross_entropy(x, target, label_smoothing=eps)
+        loss.backward()
+        state[DTENSOR] = float(loss.to_local())
+
+    def torch_loss_parallel() -> None:
+        x = sharded.detach().requires_grad_(True)
+        with loss_parallel():
+            loss = torch.nn.functional.cross_entropy(x, target)
+            loss.backward()
+        state[LOSS_PARALLEL] = float(loss.to_local())
+
     def step(fn):
         def run_and_wait() -> None:
             fn()
@@ -200,20 +256,22 @@ def _worker(rank: int, world: int, store: str, out: str, config: dict) -> None:
 
         return run_and_wait
 
+    fns = {VOCAB_PARALLEL: vocab_parallel, DTENSOR: dtensor_vocab_parallel,
+           LOSS_PARALLEL: torch_loss_parallel, GATHER: gather_then_ce}  # fmt: skip
     counted = {}
-    for name, fn in ((VOCAB_PARALLEL, vocab_parallel), (GATHER, gather_then_ce)):
+    for name in names:
         with CollectiveCounter(dist) as counter:
-            fn()
+            fns[name]()
         counted[name] = counter.records
     cases = [
-        C.Case(name, step(fn), prepare=dist.barrier)  # every call starts together
-        for name, fn in ((VOCAB_PARALLEL, vocab_parallel), (GATHER, gather_then_ce))
+        C.Case(name, step(fns[name]), prepare=dist.barrier)  # every call starts together
+        for name in names
     ]
     times = C.time_cases(cases, device="cpu", repeats=config["repeats"], warmup=config["warmup"])
     dist.barrier()
     dist.destroy_process_group()
     result = {name: {"times": times[name], "loss": state[name], "collectives": counted[name]}
-              for name in METHODS}  # fmt: skip
+              for name in names}  # fmt: skip
     Path(out).write_text(json.dumps(result))
 
 
@@ -273,7 +331,7 @@ def measure(
 
     analytic = analytic_bytes_per_row(n, v, world, dtype, label_smoothing > 0)
     rows = []
-    for name in METHODS:
+    for name in methods(label_smoothing):
         per_rank = [r[name] for r in ranks]
         mine = per_rank[0]["collectives"]
         rows.append({

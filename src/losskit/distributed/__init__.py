@@ -18,7 +18,9 @@ Two problems, two tools:
   Everything else (the log-sum-exp, the z-loss term, the reduction) is computed redundantly on
   every rank from those N-vectors; the backward of the cross-entropy needs no communication (each
   rank's gradient is its slice of the single-device gradient). The linear form adds one
-  ``all_reduce(SUM)`` of the input gradient (N x D) in the backward.
+  ``all_reduce(SUM)`` of the input gradient (N x D) in the backward. Both also take DTensors
+  laid out as torch's ``loss_parallel()`` takes them (logits ``Shard(-1)``, the head
+  ``Shard(0)``, on a 1-D mesh) and then return a ``Replicate()`` DTensor (:mod:`.dtensor`).
 
 - **Data parallelism.** :func:`global_count` all-reduces :func:`losskit.count_targets` so that
   ``normalizer=global_count(...)`` turns every rank's (and every micro-batch's) ``'mean'`` into a
@@ -33,6 +35,7 @@ One file per concern: ``group`` (the group's facts and the one exchange every ca
 ``call`` (what both vocabulary-parallel losses share: their checks, the rows, the reduction),
 ``slices`` (the math of a vocabulary slice: row statistics, their combination, the gradient),
 ``cross_entropy`` and ``linear_cross_entropy`` (the two losses and their ``autograd.Function``),
+``dtensor`` (DTensor inputs: placements checked, turned into local shards, the loss wrapped back),
 ``data_parallel`` (:func:`global_count`, :func:`sum_allreduce_hook`).
 """
 

@@ -17,6 +17,7 @@ from .. import _validate as V
 from ..functional._common import result_dtype
 from ..kernels.rows import row_loss
 from .call import Checked, begin, check_options, class_targets
+from .dtensor import unwrap
 from .slices import Spec, capped, combine, partials, refuse_create_graph, slice_gradient
 
 __all__ = ["vocab_parallel_cross_entropy"]
@@ -90,9 +91,20 @@ def vocab_parallel_cross_entropy(
     gradient is its slice of the single-device gradient. The returned loss is the same on every
     rank. Every rank must call this (it is a collective), with the same target, mask and options.
 
+    **DTensor inputs** (the layout torch's ``loss_parallel()`` takes, :mod:`.dtensor`): the
+    logits may be a DTensor sharded on the classes, its last dimension, over a 1-D
+    ``DeviceMesh`` (``Shard(-1)``; uneven as DTensor splits them), with the target, ``weight``,
+    ``mask`` and ``normalizer`` plain or ``Replicate()``. The group and each rank's slice then
+    come from the mesh and the placement (leave ``group`` and ``vocab_start`` None), the logits'
+    gradient is a DTensor with the logits' placement, and the loss is a ``Replicate()`` DTensor
+    on the mesh, as ``loss_parallel()`` returns it, for every reduction. Other placements
+    (``Shard(0)``, ``Partial``, ``Replicate`` logits, a 2-D mesh) raise on every rank before any
+    collective.
+
     Args:
         logits_shard: this rank's slice of the logits, ``(*, V_local)``, e.g. ``(N, V_local)`` or
-            ``(B, T, V_local)``; the classes are the *last* dimension.
+            ``(B, T, V_local)``; the classes are the *last* dimension. Or the whole logits as a
+            DTensor with placements ``(Shard(-1),)``.
         target: class indices of the whole vocabulary, ``(*)`` (the logits' shape without the
             last dimension), identical on every rank.
         group: the process group that splits the vocabulary. Default: the world.
@@ -120,7 +132,8 @@ def vocab_parallel_cross_entropy(
         - Output: scalar; with ``'none'``, ``(*)``.
 
     Returns:
-        The loss in the logits' dtype (and the z term with ``return_z_loss``).
+        The loss in the logits' dtype (and the z term with ``return_z_loss``); ``Replicate()``
+        DTensors for DTensor logits.
 
     Raises:
         LossIndexError: on a rank whose target holds an index outside ``[0, V)``; every other
@@ -131,12 +144,25 @@ def vocab_parallel_cross_entropy(
         >>> # full = torch.randn(8, 10); y = torch.randint(0, 10, (8,))
         >>> # shard = full[:, 5 * rank:5 * rank + 5].requires_grad_()
         >>> # loss = vocab_parallel_cross_entropy(shard, y)  # == LF.cross_entropy(full, y)
+        >>> # or, with mesh = init_device_mesh("cpu", (2,)):
+        >>> # dt = distribute_tensor(full, mesh, [Shard(-1)]).requires_grad_()
+        >>> # loss = vocab_parallel_cross_entropy(dt, y)  # Replicate() DTensor; dt.grad Shard(1)
 
     Equivalent to (but without ever gathering the logits)::
 
         full = torch.cat(all_gather(logits_shard), dim=-1)
         LF.cross_entropy(full.reshape(-1, V), target.reshape(-1), weight, ...)
     """
+
+    dt = unwrap(
+        {"logits_shard": (logits_shard, -1, "the classes: the last dimension")},
+        {"target": target, "weight": weight, "mask": mask, "normalizer": normalizer},
+        group=group,
+        vocab_start=vocab_start,
+    )
+    if dt is not None:
+        logits_shard, group, vocab_start = dt.sharded["logits_shard"], dt.group, dt.vocab_start
+        target, weight, mask, normalizer = dt.replicated.values()
 
     def check() -> Checked:
         opts = check_options(
@@ -158,4 +184,5 @@ def vocab_parallel_cross_entropy(
     loss, lse = VocabParallelCrossEntropyFunction.apply(
         logits, rows.y, call.w_local, rows.w_y, call.spec, call.dtype
     )
-    return call.finish(loss, lse, return_z_loss, result_dtype(logits_shard))
+    out = call.finish(loss, lse, return_z_loss, result_dtype(logits_shard))
+    return out if dt is None else dt.wrap(out)

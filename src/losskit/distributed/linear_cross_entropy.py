@@ -18,6 +18,7 @@ from .. import _validate as V
 from ..functional._common import result_dtype
 from ..kernels.rows import row_loss
 from .call import Checked, begin, check_options, class_targets
+from .dtensor import unwrap
 from .slices import Spec, capped, combine, partials, refuse_create_graph, slice_gradient
 
 __all__ = ["vocab_parallel_linear_cross_entropy"]
@@ -148,9 +149,19 @@ def vocab_parallel_linear_cross_entropy(
     in float32 (a float32 copy of ``weight_shard`` and its gradient accumulator live for the
     call) and rounded once; the class ``weight`` gets no gradient, as in torch.
 
+    **DTensor inputs** (as :func:`.vocab_parallel_cross_entropy` takes them): the head's
+    weight may be a DTensor sharded on its rows over a 1-D ``DeviceMesh`` (``Shard(0)``, as
+    ``ColwiseParallel`` shards an ``nn.Linear`` head), the bias then a ``Shard(0)`` DTensor on
+    the same mesh (or None), and ``input`` plain or ``Replicate()``. The group and the slice come
+    from the mesh; the head's (and bias') gradient is a ``Shard(0)`` DTensor, the input's is the
+    full gradient (a ``Replicate()`` DTensor for a DTensor input; ``loss_parallel()`` on
+    ``F.linear`` leaves it ``Partial(sum)``, the same values once summed), and the loss is a
+    ``Replicate()`` DTensor.
+
     Args:
         input: hidden states ``(*, D)``, identical on every rank.
-        weight_shard: this rank's rows of the head, ``(V_local, D)``, the input's dtype.
+        weight_shard: this rank's rows of the head, ``(V_local, D)``, the input's dtype; or
+            the whole head as a DTensor with placements ``(Shard(0),)``.
         target: class indices of the whole vocabulary ``(*)``, identical on every rank.
         bias_shard: this rank's slice of the head's bias ``(V_local,)``. Default None.
         group, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, normalizer,
@@ -166,7 +177,8 @@ def vocab_parallel_linear_cross_entropy(
         - Output: scalar; with ``'none'``, ``(*)``.
 
     Returns:
-        The loss in the input's dtype (and the z term with ``return_z_loss``).
+        The loss in the input's dtype (and the z term with ``return_z_loss``); ``Replicate()``
+        DTensors for a DTensor head.
 
     Example:
         >>> # on each rank: W_shard = head.weight[start:start + V_local]
@@ -178,6 +190,26 @@ def vocab_parallel_linear_cross_entropy(
 
     with the input's gradient all-reduced over ``group``.
     """
+
+    dt = unwrap(
+        {
+            "weight_shard": (weight_shard, 0, "the head's rows, its classes"),
+            "bias_shard": (bias_shard, 0, "the bias, as the head's rows"),
+        },
+        {
+            "input": input,
+            "target": target,
+            "weight": weight,
+            "mask": mask,
+            "normalizer": normalizer,
+        },
+        group=group,
+        vocab_start=vocab_start,
+    )
+    if dt is not None:
+        weight_shard, bias_shard = dt.sharded.values()
+        input, target, weight, mask, normalizer = dt.replicated.values()
+        group, vocab_start = dt.group, dt.vocab_start
 
     def check() -> Checked:
         opts = check_options(
@@ -221,4 +253,5 @@ def vocab_parallel_linear_cross_entropy(
     loss, lse = VocabParallelLinearCrossEntropyFunction.apply(
         x, weight_shard, bias_shard, rows.y, call.w_local, rows.w_y, call.spec, call.dtype, chunk
     )
-    return call.finish(loss, lse, return_z_loss, result_dtype(input))
+    out = call.finish(loss, lse, return_z_loss, result_dtype(input))
+    return out if dt is None else dt.wrap(out)

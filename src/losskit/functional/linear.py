@@ -163,6 +163,9 @@ def linear_cross_entropy(
     reduction=reduction, label_smoothing=label_smoothing)`` for 2-D inputs, plus the mask,
     normalizer, z-loss and softcap terms.
     """
+    from ..distributed.dtensor import refuse_dtensor_head  # lazy: losskit.distributed imports us
+
+    refuse_dtensor_head(input, linear_weight, linear_bias)
     opts = V.cross_entropy_options(
         reduction, ignore_index, label_smoothing, z_loss, softcap, allow_none_ignore=True
     )

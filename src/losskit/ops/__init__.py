@@ -19,7 +19,9 @@ The ops (one file each here), their outputs, their backward:
 - ``losskit::linear_distillation``: loss and the seven heads' gradients ``(xs, ws, bs, xt, wt,
   bt, tl)``; ``'none'``: ``losskit::linear_distillation_backward``.
 
-The ``_backward`` ops have no derivative of their own (a second order raises).
+The ``_backward`` ops have no derivative of their own (a second order raises). The preference
+losses (``functional/preference.py``) have no op yet: under ``torch.compile`` their fused call
+runs eagerly (a graph break, ``_dispatch.eager``).
 
 Every op takes validated inputs in the kernels' layout (``kernels/CONTRACT.md``); the public
 functions of :mod:`losskit.functional` validate and reshape, then, when tracing, call the
