@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from . import _common as C
 
@@ -378,3 +379,19 @@ def beyond_grads_line(
     else:
         how = "growth of this process's peak resident set over one warm call"
     return f"MiB beyond grads: {how}, minus the returned {grads} ({sizes})"
+
+
+def gemm_floor(name: str, x: Tensor, w: Tensor) -> C.Case:
+    """The floor of a fused head's step: the logits ``x @ w.T``, ``dX = G @ w`` and
+    ``dW = G.T @ x`` of the ``(N, D)`` rows ``x`` into outputs allocated once (the floor is the
+    arithmetic, ``6 N D V`` flops, not first-touch page faults)."""
+    z = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
+    dx, dw = torch.empty_like(x), torch.empty_like(w)
+
+    def gemms() -> None:
+        with torch.no_grad():
+            torch.mm(x, w.t(), out=z)
+            torch.mm(z, w, out=dx)
+            torch.mm(z.t(), x, out=dw)
+
+    return C.Case(name, gemms, None, "logits, dX, dW into preallocated outputs: the floor")

@@ -148,17 +148,7 @@ def build(key: str, x0: Tensor, w0: Tensor, y: Tensor, ref: Tensor) -> C.Case:
     """The :class:`Case` of implementation ``key`` on these inputs."""
     name = IMPLS[key]
     if key == "gemms":
-        x2 = x0.reshape(-1, x0.shape[-1])
-        z = torch.empty(x2.shape[0], w0.shape[0], dtype=x0.dtype, device=x0.device)
-        dx, dw = torch.empty_like(x2), torch.empty_like(w0)
-
-        def gemms() -> None:
-            with torch.no_grad():
-                torch.mm(x2, w0.t(), out=z)
-                torch.mm(z, w0, out=dx)
-                torch.mm(z.t(), x2, out=dw)
-
-        return C.Case(name, gemms, None, "logits, dX, dW into preallocated outputs: the floor")
+        return cmd.gemm_floor(name, x0.reshape(-1, x0.shape[-1]), w0)
     x = x0.detach().requires_grad_()
     w = w0.detach().requires_grad_()
     fn = _loss_fn(key)

@@ -29,8 +29,9 @@ launcher of the loss's module here (``ops.linear_cross_entropy.linear_cross_entr
 keywords of the kernels' launcher, as ``kernels.<backend>.<loss>`` has it). A gradient an op
 does not compute comes back as an empty ``(0,)`` tensor (an op returns tensors, never None). The
 op bodies read no tensor value on the host: no ``.item()``, no data-dependent branch
-(``tests/ops`` runs them on ``FakeTensorMode`` tensors); the CPU cross-entropy's list of
-uncounted rows is the one exception, host code on the host's own memory. Under ``torch.compile``
+(``tests/ops`` runs them on ``FakeTensorMode`` tensors); the CPU row rules keep two host reads
+that save a pass over the block (the cross-entropy's list of uncounted rows, whether every
+distillation row counts), host code on the host's own memory. Under ``torch.compile``
 a second-order gradient (``create_graph=True``) is not available (AOTAutograd's limit);
 ``inplace_backward=True`` gives the gradient a buffer of its own (a compiled graph may not
 overwrite its input).
