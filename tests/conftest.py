@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -30,6 +31,17 @@ from torch import Tensor
 # kernel is defined (`make test` exports it too; this covers a bare `pytest`).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Inductor's on-disk cache of compiled CPU kernels, one per ATEN_CPU_CAPABILITY: kernels cached
+# by a run at one SIMD width and loaded by a run forced to another gave garbage and a SystemError
+# (torch 2.13, tests/ops under avx2 after a default run); a fresh cache per width does not.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(
+        tempfile.gettempdir(),
+        f"losskit-inductor-{os.getuid()}-{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}",
+    ),
+)
 
 # Property tests report the first failing example as drawn, without shrinking it: on the
 # interpreted kernels one shrink took Hypothesis over 6 minutes (past the suite's 10-minute
