@@ -80,3 +80,52 @@ def linear_distill_args(case, teacher: str):
         torch.arange(n) % 3 != 0 if mask else None, None, *distill_opts(case), 4, "default",
         want, True,
     )  # fmt: skip
+
+
+def _rules():
+    from losskit.functional import preference as P
+
+    return {
+        "dpo": P.DPO(0.1, "sigmoid", 0.1),
+        "orpo": P.ORPO(0.2),
+        "simpo": P.CPO(2.0, 0.0, 0.5, 0.5),
+        "kto": P.KTO(0.1, torch.tensor(0.2), 1.0, 1.5),
+        "grpo": P.GRPO(0.04, 0.2, 0.28, "dapo", None, None),
+    }
+
+
+PREFERENCE_GRID = [
+    # (rule, reduction, chunk_size, memory_budget, bias)
+    ("dpo", "mean", 9, "default", True),
+    ("orpo", "none", None, "default", False),
+    ("simpo", "sum", None, "1", False),  # a budget of one row: two sweeps
+    ("kto", "mean", 5, "default", False),
+    ("grpo", "mean", 5, "default", True),
+]
+
+
+def preference_args(case, seed=0):
+    """The positional arguments of ``losskit::linear_preference`` (4 sequences of 5 tokens)."""
+    from losskit.ops.linear_preference import encode
+
+    name, reduction, chunk, budget, bias = case
+    s, t, d, v = 4, 5, 6, 30
+    x = torch.randn(s * t, d, generator=gen(seed)).requires_grad_()
+    w = (torch.randn(v, d, generator=gen(seed + 1)) / 3).requires_grad_()
+    b = (torch.randn(v, generator=gen(seed + 2)) / 3).requires_grad_() if bias else None
+    y = labels(s * t, v, seed + 3)
+    counted = (y != -100).reshape(s, t)
+    reference = desirable = advantages = old = None
+    if name in ("dpo", "kto"):
+        reference = -torch.rand(s, generator=gen(seed + 4)) * 5
+    if name == "kto":
+        desirable = torch.tensor([True, False, False, True])
+    if name == "grpo":
+        advantages = torch.randn(s, generator=gen(seed + 5))
+        old = -torch.rand(s, t, generator=gen(seed + 6))
+        reference = -torch.rand(s, t, generator=gen(seed + 7))
+    spec, params, tensor = encode(_rules()[name])
+    return (
+        x, w, b, y, counted, reference, desirable, advantages, old, tensor, spec, params,
+        reduction, -100, chunk, budget, [True, True, bias], True,
+    )  # fmt: skip

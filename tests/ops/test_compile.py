@@ -253,3 +253,94 @@ def test_bad_class_index_raises_from_the_compiled_call():
     yz[2] = -3
     with pytest.raises(LossIndexError, match=r"class index -3"):
         torch.compile(lambda z, y: LF.cross_entropy(z, y, impl="fused"), fullgraph=True)(z, yz)
+
+
+def _pairs(s=4, t=9, d=12, v=120, seed=9):
+    """Hidden states and head of ``s`` sequences (the first half chosen), prompts not counted."""
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(s, t, d, generator=gen).requires_grad_()
+    w = (torch.randn(v, d, generator=gen) / 4).requires_grad_()
+    y = torch.randint(0, v, (s, t), generator=gen)
+    y[:, :3] = -100
+    return h, w, y, gen
+
+
+PREFERENCE_CASES = {
+    "dpo": (LF.linear_dpo_loss, {"reference_logps": "pairs", "label_smoothing": 0.1}),
+    "ipo+bias": (LF.linear_dpo_loss, {"reference_logps": "seq", "loss_type": "ipo", "bias": 1}),
+    "orpo": (LF.linear_orpo_loss, {}),
+    "simpo+lean": (LF.linear_simpo_loss, {"memory_budget": 1}),  # two sweeps of one row
+    "kto": (LF.linear_kto_loss, {"desirable": 1, "reference_logps": "seq", "kl": "tensor"}),
+    "grpo": (LF.linear_grpo_loss, {"advantages": 1, "old_logps": 1, "reference_logps": "tok"}),
+}
+
+
+def _preference_call(case, reduction, s=4, t=9):
+    loss, spec = PREFERENCE_CASES[case]
+    h, w, y, gen = _pairs(s, t)
+    options, tensors = {}, [h, w, y]
+    for key, value in spec.items():
+        if key == "reference_logps":
+            seq = -torch.rand(s, generator=gen) * 10
+            tok = -torch.rand(s, t, generator=gen)
+            options[key] = {"pairs": (seq[: s // 2], seq[s // 2 :]), "seq": seq, "tok": tok}[value]
+        elif key == "bias":
+            tensors.append((torch.randn(w.shape[0], generator=gen) / 4).requires_grad_())
+        elif key == "desirable":
+            options[key] = torch.tensor([True, False] * (s // 2))
+        elif key == "kl":
+            options[key] = torch.tensor(0.3)
+        elif key == "advantages":
+            options[key] = torch.randn(s, generator=gen)
+        elif key == "old_logps":
+            options[key] = -torch.rand(s, t, generator=gen)
+        else:
+            options[key] = value
+    if loss is not LF.linear_grpo_loss:
+        options["reduction"] = reduction
+
+    def fn(h, w, y, b=None, return_metrics=False):
+        return loss(h, w, y, bias=b, chunk_size=6, impl="fused", return_metrics=return_metrics,
+                    **options)  # fmt: skip
+
+    return fn, tensors
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("case", list(PREFERENCE_CASES))
+def test_preference_losses(case, reduction):
+    if case == "grpo" and reduction == "none":
+        pytest.skip("GRPO normalizes as its loss_type says (no reduction argument)")
+    fn, tensors = _preference_call(case, reduction)
+    _assert_compiled_equals_eager(fn, tensors)
+
+
+@pytest.mark.parametrize("case", ["kto", "grpo"])
+def test_preference_metrics_compile(case):
+    """TRL's metrics in the compiled graph (KTO's means over its desirable examples are masked
+    sums, not boolean indexing), equal to eager's."""
+    fn, tensors = _preference_call(case, "mean")
+    eager = fn(*tensors, return_metrics=True)[1]
+    got = torch.compile(fn, fullgraph=True)(*tensors, return_metrics=True)[1]
+    assert got.keys() == eager.keys()
+    for k in eager:
+        torch.testing.assert_close(got[k], eager[k], rtol=0, atol=0, msg=k)
+
+
+def test_preference_dynamic_lengths_share_one_graph():
+    torch._dynamo.utils.counters.clear()
+
+    def fn(h, w, y, rc, rr):
+        return LF.linear_dpo_loss(
+            h, w, y, reference_logps=(rc, rr), label_smoothing=0.1, chunk_size=6, impl="fused"
+        )
+
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    for t in (9, 14, 11):
+        h, w, y, gen = _pairs(t=t, seed=t)
+        ref = [-torch.rand(2, generator=gen) * 10 for _ in range(2)]
+        eager, got = _run(fn, [h, w, y, *ref]), _run(compiled, [h, w, y, *ref])
+        for e, c in zip(eager, got, strict=True):
+            torch.testing.assert_close(c, e, rtol=0, atol=0)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+

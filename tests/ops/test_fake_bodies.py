@@ -17,10 +17,12 @@ from ops_cases import (
     CE_GRID,
     DISTILL_GRID,
     LCE_GRID,
+    PREFERENCE_GRID,
     distill_opts,
     gen,
     lce_args,
     linear_distill_args,
+    preference_args,
 )
 from torch._subclasses.fake_tensor import (
     DataDependentOutputException,
@@ -150,3 +152,18 @@ def test_distillation_body_on_cuda(case, cuda_mode):
     loss, gs, gt = _body("distillation")(*args)
     assert gs.shape == gt.shape == (12, 45)
     assert cuda_mode.launched
+
+
+@pytest.mark.parametrize("case", PREFERENCE_GRID, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_linear_preference_body_runs_on_fake_tensors(case, mode):
+    """The preference engine: the rule's factor (autograd on a chunk's few numbers), the gathers
+    of a pair's rows, the two sweeps of a small budget: no host read. (On fake CUDA tensors a
+    CPU build of torch cannot take a view, which the engine's chunks are: the CPU body here.)"""
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in preference_args(case))
+    args = _fake(args[:-1] + (False,), mode)
+    loss, logp, dx, dw, db = _body("linear_preference")(*args)
+    assert logp.shape == (20,) and loss.shape == ((2,) if case[1] == "none" else ())
+    assert dx.shape == ((20, 6) if case[1] != "none" else (0,))
+    if case[1] == "none":
+        back = _body("linear_preference", "_backward_op")(*args, mode.from_tensor(torch.rand(2)))
+        assert _shapes(back)[:2] == [(20, 6), (30, 6)]

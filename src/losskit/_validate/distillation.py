@@ -10,7 +10,6 @@ reference, the kernels and the Modules read.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor
 
 from .._reduction import resolve
 from .errors import LossTypeError, LossValueError
-from .options import check_float_option, check_ignore_index
+from .options import check_float_option, check_ignore_index, is_finite
 from .tensors import (
     check_class_indices,
     check_mask,
@@ -86,13 +85,13 @@ def distillation_options(
         raise LossValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     beta = check_float_option("beta", beta, low=0.0, high=1.0)
     temperature = check_float_option("temperature", temperature, low=0.0, low_open=True)
-    if not math.isfinite(temperature):
+    if not is_finite(temperature):
         raise LossValueError(f"temperature must be finite, got {temperature:g}")
     alpha = check_float_option("alpha", alpha, low=0.0, high=1.0)
     if soft_scale is None:
         soft_scale = temperature * temperature
     soft_scale = check_float_option("soft_scale", soft_scale, low=0.0)
-    if not math.isfinite(soft_scale):
+    if not is_finite(soft_scale):
         raise LossValueError(f"soft_scale must be finite, got {soft_scale:g}")
     reduction = resolve(reduction, depth=1)  # type: ignore[arg-type]
     ignore_index = check_ignore_index(ignore_index)

@@ -7,8 +7,6 @@ once one is known to be there), and runs only on non-empty tensors.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -69,7 +67,7 @@ def check_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise LossTypeError(f"{name} must be a float, got {type(value).__name__}")
     value = float(value)
-    if math.isnan(value):
+    if value != value:  # NaN (also for a traced SymFloat)
         raise LossValueError(f"{name} must be a number, got nan")
     return value
 

@@ -33,6 +33,12 @@ __all__ = [
 IMPLS = ("auto", "reference", "fused")
 
 
+def is_finite(value: float) -> bool:
+    """``math.isfinite`` in comparisons, which ``torch.compile`` also traces on a symbolic float
+    (``dynamic=True`` makes a Python float argument one)."""
+    return value == value and abs(value) != math.inf
+
+
 def check_float_option(
     name: str, value: object, *, low: float, high: float = math.inf, low_open: bool = False
 ) -> float:
@@ -43,7 +49,7 @@ def check_float_option(
     below = value <= low if low_open else value < low
     if value != value or below or value > high:  # NaN (also for a traced SymFloat)
         left = "(" if low_open else "["
-        right = "]" if math.isfinite(high) else ")"
+        right = "]" if is_finite(high) else ")"
         raise LossValueError(f"{name} must be in {left}{low:g}, {high:g}{right}, got {value:g}")
     return value
 

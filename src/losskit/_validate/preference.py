@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .errors import LossTypeError, LossValueError
-from .options import check_ignore_index
+from .options import check_ignore_index, is_finite
 from .tensors import (
     check_class_indices,
     check_mask,
@@ -50,7 +49,7 @@ def check_number(name: str, value: object) -> float:
         else:
             raise LossTypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value):
+    if not is_finite(value):
         raise LossValueError(f"{name} must be finite, got {value}")
     return value
 
@@ -198,7 +197,7 @@ def check_sequence_call(
         require_same_device("mask", mask, "hidden", hidden)
     if not batched:
         return SequenceCall(0, 0, vocab)
-    s, t = int(target.shape[0]), int(target.shape[1])
+    s, t = target.shape[0], target.shape[1]  # not int(): a traced length stays symbolic
     if pairs and s % 2:
         raise LossValueError(
             f"hidden holds {s} sequences, but a preference loss takes pairs: the chosen "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -180,7 +179,7 @@ def check_normalizer(normalizer: float | Tensor | None, reduction: str) -> None:
         raise LossTypeError(
             f"normalizer must be a number or a tensor, got {type(normalizer).__name__}"
         )
-    if math.isnan(normalizer) or normalizer < 0:
+    if normalizer != normalizer or normalizer < 0:  # NaN (also for a traced SymFloat)
         raise LossValueError(f"normalizer must be >= 0, got {normalizer}")
 
 

@@ -233,6 +233,11 @@ class Rule:
     #: the reference's log-probabilities may be per token only (GRPO)
     token_level = False
 
+    def args(self) -> tuple:
+        """The constructor's arguments, in order (floats, ints, strings, None, at most one
+        tensor): how the custom op (``ops/linear_preference.py``) carries the rule."""
+        raise NotImplementedError
+
     def totals(self, counted: Tensor, side: dict[str, Tensor]) -> dict[str, Tensor | float]:
         return {}
 
@@ -246,6 +251,13 @@ class Rule:
 
     def __call__(self, logp: Tensor, counted: Tensor, side: dict, totals: dict) -> Tensor:
         return self.terms(logp, counted, side, totals)[0]
+
+
+#: The rules by name: how the custom op (``ops/linear_preference.py``) finds a rule's class
+RULES: dict[str, type[Rule]] = {}
+
+#: The per-sequence inputs a rule may read (``side``): the custom op's optional tensors
+SIDE = ("reference", "desirable", "advantages", "old")
 
 
 def _sigmoid_loss(logits: Tensor, beta: float, label_smoothing: float) -> Tensor:
@@ -315,6 +327,9 @@ class DPO(_PairRule):
         self.beta, self.loss_type, self.eps = beta, loss_type, label_smoothing
         self.average = loss_type == "ipo"
 
+    def args(self):
+        return (self.beta, self.loss_type, self.eps)
+
     def pair(self, pc, pr, rc, rr):
         u = (pc - rc) - (pr - rr)
         if self.loss_type == "sigmoid":
@@ -339,6 +354,9 @@ class ORPO(_PairRule):
 
     def __init__(self, beta: float) -> None:
         self.beta = beta
+
+    def args(self):
+        return (self.beta,)
 
     def pair(self, pc, pr, rc, rr):
         log_odds = (pc - pr) - (torch.log1p(-torch.exp(pc)) - torch.log1p(-torch.exp(pr)))
@@ -367,6 +385,9 @@ class CPO(_PairRule):
         self.beta, self.eps, self.nll, self.gamma = beta, label_smoothing, nll, gamma
         self.average = gamma is not None
 
+    def args(self):
+        return (self.beta, self.eps, self.nll, self.gamma)
+
     def pair(self, pc, pr, rc, rr):
         u = pc - pr
         if self.gamma is not None:
@@ -386,6 +407,9 @@ class KTO(Rule):
     def __init__(self, beta: float, kl: Tensor | float, wd: float, wu: float) -> None:
         self.beta, self.kl, self.wd, self.wu = beta, kl, wd, wu
 
+    def args(self):
+        return (self.beta, self.kl, self.wd, self.wu)
+
     def terms(self, logp, counted, side, totals):
         seq = _sequence(logp, counted, False)
         ratio = seq - side["reference"]
@@ -399,13 +423,19 @@ class KTO(Rule):
 
     def metrics(self, parts):
         good, r, lp = parts["good"], parts["reward"], parts["logps"]
-        chosen, rejected = r[good].mean(), r[~good].mean()
+
+        def mean(v: Tensor, where: Tensor) -> Tensor:
+            # v[where].mean() (NaN where none) without boolean indexing: a traced graph keeps
+            # static shapes
+            return torch.where(where, v, 0.0).sum() / where.sum()
+
+        chosen, rejected = mean(r, good), mean(r, ~good)
         return {
             "rewards/chosen": chosen,
             "rewards/rejected": rejected,
             "rewards/margins": chosen - rejected,
-            "logps/chosen": lp[good].mean(),
-            "logps/rejected": lp[~good].mean(),
+            "logps/chosen": mean(lp, good),
+            "logps/rejected": mean(lp, ~good),
             "kl": parts["kl"].reshape(()),
         }
 
@@ -424,6 +454,9 @@ class GRPO(Rule):
                  max_len: int | None, normalizer: Tensor | float | None) -> None:  # fmt: skip
         self.beta, self.lo, self.hi, self.loss_type = beta, eps_low, eps_high, loss_type
         self.max_len, self.normalizer = max_len, normalizer
+
+    def args(self):
+        return (self.beta, self.lo, self.hi, self.loss_type, self.max_len, self.normalizer)
 
     def totals(self, counted, side):
         s, t = counted.shape
@@ -474,6 +507,9 @@ class GRPO(Rule):
         if "kl" in parts:
             out["kl"] = torch.where(c, parts["kl"], 0.0).sum() / n
         return out
+
+
+RULES.update((c.__name__, c) for c in (DPO, ORPO, CPO, KTO, GRPO))
 
 
 # --------------------------------------------------------------------------------------------
@@ -926,7 +962,8 @@ def _linear(
     if impl != "reference":
         out = _fused(rule, x, weight, b, y, flat, (s, t), side, totals, groups, reduction,
                      required=impl == "fused", chunk_size=chunk_size,
-                     memory_budget=memory_budget)  # fmt: skip
+                     memory_budget=memory_budget, ignore_index=ignore_index,
+                     validate=validate)  # fmt: skip
     if out is None:
         logp = _reference_logps(x, weight, b, y, flat).reshape(s, t)
         terms, _ = rule.terms(logp, counted, side, totals)
@@ -966,8 +1003,38 @@ def _reference(logps, input, weight, bias, target, tau, mask, ignore_index, impl
         )  # fmt: skip
 
 
+def engine_parts(rule: Rule, counted: Tensor, side: dict[str, Tensor], reduction: str,
+                 dtype: torch.dtype) -> tuple[Callable, Callable]:  # fmt: skip
+    """The chunked engine's ``objective`` and ``finish`` of ``rule`` on a batch whose counted
+    positions are ``counted`` ``(S, T)`` (``kernels/chunked/sequences.py``): one definition for
+    the eager call and the custom op's body."""
+    s, t = counted.shape
+    side32 = {k: (v.to(_F32) if v.is_floating_point() else v) for k, v in side.items()}
+    totals = rule.totals(counted, side)
+
+    def objective(lp: Tensor, seqs: Tensor) -> Tensor:
+        sub = {k: v.index_select(0, seqs) for k, v in side32.items()}
+        return rule(lp, counted.index_select(0, seqs), sub, totals)
+
+    def finish(logp: Tensor) -> Tensor:
+        terms, _ = rule.terms(logp.reshape(s, t), counted, side32, totals)
+        return _reduce(terms, reduction).to(dtype)
+
+    return objective, finish
+
+
+def engine_plan(x: Tensor, w: Tensor, chunk_size: int | None, memory_budget: int | str):
+    """The chunk plan of the sequences' rows ``x`` ``(S T, D)`` on the head ``w``."""
+    from ..kernels.chunked import budget_bytes, plan_sequences
+
+    budget = budget_bytes(memory_budget, x.device.type, sequences=True)
+    return plan_sequences(x.shape[0], x.shape[1], w.shape[0], x.dtype, x.device.type,
+                          budget=budget, chunk_size=chunk_size)  # fmt: skip
+
+
 def _fused(rule, x, w, b, y, counted, shape, side, totals, groups, reduction, *, required,
-           chunk_size, memory_budget) -> tuple[Tensor, Tensor] | None:  # fmt: skip
+           chunk_size, memory_budget, ignore_index,
+           validate) -> tuple[Tensor, Tensor] | None:  # fmt: skip
     """The chunked kernel's ``(loss, logp)``, or None where it does not apply (``'auto'``)."""
     kernel, _ = D.select(
         "linear_preference", x, required=required,
@@ -975,20 +1042,20 @@ def _fused(rule, x, w, b, y, counted, shape, side, totals, groups, reduction, *,
     )  # fmt: skip
     if kernel is None:
         return None
-    from ..kernels.chunked import Sequences, budget_bytes, plan_sequences
-
     s, t = shape
     counted2 = counted.reshape(s, t)
-    seq = Sequences(s, t, rule.pairs)
-    side32 = {k: (v.to(_F32) if v.is_floating_point() else v) for k, v in side.items()}
+    contiguous = tuple(None if v is None else v.contiguous() for v in (x, w, b))
+    if D.tracing():
+        from ..ops.linear_preference import linear_preference
 
-    def objective(lp: Tensor, seqs: Tensor) -> Tensor:
-        sub = {k: v.index_select(0, seqs) for k, v in side32.items()}
-        return rule(lp, counted2.index_select(0, seqs), sub, totals)
+        return linear_preference(
+            *contiguous, y, counted2, rule=rule, side=side, reduction=reduction,
+            ignore_index=ignore_index, chunk_size=chunk_size, memory_budget=memory_budget,
+            validate=validate,
+        )  # fmt: skip
+    from ..kernels.chunked import Sequences
 
-    def finish(logp: Tensor) -> Tensor:
-        terms, _ = rule.terms(logp.reshape(s, t), counted2, side32, totals)
-        return _reduce(terms, reduction).to(x.dtype)
+    objective, finish = engine_parts(rule, counted2, side, reduction, x.dtype)
 
     def build(x: Tensor, w: Tensor, b: Tensor | None) -> tuple[tuple, Tensor]:
         logp = _reference_logps(x, w, b, y, counted).reshape(s, t)
@@ -996,13 +1063,10 @@ def _fused(rule, x, w, b, y, counted, shape, side, totals, groups, reduction, *,
         return (x, w, b), _reduce(terms, reduction)
 
     recompute = Recompute("preference loss", {"x": x, "w": w, "b": b}, build)
-    budget = budget_bytes(memory_budget, x.device.type, sequences=True)
-    plan = plan_sequences(s * t, x.shape[1], w.shape[0], x.dtype, x.device.type, budget=budget,
-                       chunk_size=chunk_size)  # fmt: skip
-    contiguous = tuple(None if v is None else v.contiguous() for v in (x, w, b))
-    return D.eager(kernel.linear_preference)(
-        *contiguous, y, counted, seq=seq, objective=objective, finish=finish,
-        weights=_weights(groups, reduction, x.device), plan=plan, recompute=recompute,
+    return kernel.linear_preference(
+        *contiguous, y, counted, seq=Sequences(s, t, rule.pairs), objective=objective,
+        finish=finish, weights=_weights(groups, reduction, x.device),
+        plan=engine_plan(x, w, chunk_size, memory_budget), recompute=recompute,
     )  # fmt: skip
 
 

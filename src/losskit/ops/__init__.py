@@ -18,10 +18,11 @@ The ops (one file each here), their outputs, their backward:
 - ``losskit::distillation``: loss, ``d student``, ``d teacher`` (as the cross-entropy).
 - ``losskit::linear_distillation``: loss and the seven heads' gradients ``(xs, ws, bs, xt, wt,
   bt, tl)``; ``'none'``: ``losskit::linear_distillation_backward``.
+- ``losskit::linear_preference``: the preference / policy-gradient losses (DPO, ORPO, CPO,
+  SimPO, KTO, GRPO; the rule carried as its name and numbers): loss, token log-probabilities,
+  ``dX``, ``dW``, ``db``; ``'none'``: ``losskit::linear_preference_backward``.
 
-The ``_backward`` ops have no derivative of their own (a second order raises). The preference
-losses (``functional/preference.py``) have no op yet: under ``torch.compile`` their fused call
-runs eagerly (a graph break, ``_dispatch.eager``).
+The ``_backward`` ops have no derivative of their own (a second order raises).
 
 Every op takes validated inputs in the kernels' layout (``kernels/CONTRACT.md``); the public
 functions of :mod:`losskit.functional` validate and reshape, then, when tracing, call the
@@ -43,6 +44,6 @@ where it is loaded.
 
 from __future__ import annotations
 
-from . import cross_entropy, distillation, linear_cross_entropy
+from . import cross_entropy, distillation, linear_cross_entropy, linear_preference
 
-__all__ = ["cross_entropy", "distillation", "linear_cross_entropy"]
+__all__ = ["cross_entropy", "distillation", "linear_cross_entropy", "linear_preference"]

@@ -45,7 +45,13 @@ from . import engine
 from .epilogue import Chunk, Epilogue
 from .plan import ChunkPlan
 
-__all__ = ["LinearSequenceFunction", "Sequences", "linear_sequences", "run_sequences"]
+__all__ = [
+    "LinearSequenceFunction",
+    "Sequences",
+    "linear_sequences",
+    "make_epilogue",
+    "run_sequences",
+]
 
 _F32 = torch.float32
 
@@ -106,13 +112,36 @@ def _factor(lp: Tensor, seqs: Tensor, t: int, objective: Objective, weights: Ten
     """``r = -dL/dlogp`` of the rows of the sequences ``seqs`` (``lp`` their flat
     log-probabilities, in order), ``L = sum_g weights[g] terms[g]``: the factor the epilogue's
     ``softmax - onehot`` is multiplied by."""
-    leaf = lp.detach().view(-1, t).requires_grad_()
-    with torch.enable_grad():
+    with _autograd_on(), torch.enable_grad():
+        leaf = lp.detach().view(-1, t).requires_grad_()
         terms = objective(leaf, seqs)
         (grad,) = torch.autograd.grad((terms * weights).sum(), leaf, allow_unused=True)
     if grad is None:
         return torch.zeros(lp.numel(), dtype=_F32, device=lp.device)
     return grad.reshape(-1).neg().to(_F32)
+
+
+_AUTOCAST = tuple(
+    getattr(torch._C.DispatchKey, k) for k in dir(torch._C.DispatchKey) if k.startswith("Autocast")
+)
+
+
+def _autograd_on():
+    """The dispatcher's state of a plain eager call, autocast's as it is, for the rule's small
+    autograd.
+
+    A custom op's body (``ops/linear_preference.py``) runs below the autograd dispatch key (a
+    tensor's ``requires_grad`` records nothing there) and, under a ``TorchDispatchMode`` (the
+    ``torch.compile`` runtime's first call checks its custom ops under one; FlopCounterMode),
+    below the Python and functorch keys too: the keys the thread excludes are reset to the
+    autocast keys alone while the factor is taken (torch's own wrappers use the same guard).
+    """
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    keep = torch._C.DispatchKeySet(torch._C.DispatchKey.Undefined)
+    for k in _AUTOCAST:
+        if exclude.has(k):
+            keep = keep.add(k)
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), keep)
 
 
 def run_sequences(
@@ -268,6 +297,16 @@ class LinearSequenceFunction(torch.autograd.Function):
         return (*grads, *tail)
 
 
+def make_epilogue(epilogue: Epilogue | type[Epilogue], v: int) -> Epilogue:
+    """The engine's epilogue over ``v`` classes: every counted row with factor 1, no option of
+    the cross-entropy's (the engine scales the rows itself)."""
+    if isinstance(epilogue, Epilogue):
+        return epilogue
+    from ..._validate import CrossEntropyOptions
+
+    return epilogue(None, v, CrossEntropyOptions("sum", -100, 0.0, 0.0, None))
+
+
 def linear_sequences(
     x: Tensor,
     w: Tensor,
@@ -299,10 +338,7 @@ def linear_sequences(
         epilogue: the backend's cross-entropy :class:`Epilogue`, or its class.
         recompute: the ``create_graph=True`` rule, or None (such a backward raises).
     """
-    if not isinstance(epilogue, Epilogue):
-        from ..._validate import CrossEntropyOptions
-
-        epilogue = epilogue(None, w.shape[0], CrossEntropyOptions("sum", -100, 0.0, 0.0, None))
+    epilogue = make_epilogue(epilogue, w.shape[0])
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias)):
         return LinearSequenceFunction.apply(
             x, w, bias, target, counted, seq, plan, epilogue, objective, finish, weights, recompute

@@ -18,7 +18,10 @@ from torch import Tensor
 from ..chunked import sequences
 from .linear_cross_entropy import CpuEpilogue
 
-__all__ = ["linear_preference"]
+__all__ = ["EPILOGUE", "linear_preference"]
+
+#: The engine's epilogue here (the custom op's body takes it: ``ops/linear_preference.py``)
+EPILOGUE = CpuEpilogue
 
 
 def linear_preference(
@@ -26,5 +29,5 @@ def linear_preference(
 ) -> tuple[Tensor, Tensor]:
     """The arguments and result of :func:`losskit.kernels.chunked.linear_sequences`, whose
     ``epilogue`` is here :class:`CpuEpilogue` unless given."""
-    options.setdefault("epilogue", CpuEpilogue)
+    options.setdefault("epilogue", EPILOGUE)
     return sequences.linear_sequences(x, w, bias, target, counted, **options)

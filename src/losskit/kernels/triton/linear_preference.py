@@ -19,7 +19,10 @@ from ..chunked import sequences
 from .common import check_device
 from .linear_cross_entropy import TritonEpilogue
 
-__all__ = ["linear_preference"]
+__all__ = ["EPILOGUE", "linear_preference"]
+
+#: The engine's epilogue here (the custom op's body takes it: ``ops/linear_preference.py``)
+EPILOGUE = TritonEpilogue
 
 
 def linear_preference(
@@ -28,5 +31,5 @@ def linear_preference(
     """The arguments and result of :func:`losskit.kernels.chunked.linear_sequences`, whose
     ``epilogue`` is here :class:`TritonEpilogue` unless given."""
     check_device(x.device, "hidden")
-    options.setdefault("epilogue", TritonEpilogue)
+    options.setdefault("epilogue", EPILOGUE)
     return sequences.linear_sequences(x, w, bias, target, counted, **options)
