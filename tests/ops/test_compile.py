@@ -343,4 +343,3 @@ def test_preference_dynamic_lengths_share_one_graph():
         for e, c in zip(eager, got, strict=True):
             torch.testing.assert_close(c, e, rtol=0, atol=0)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
-
