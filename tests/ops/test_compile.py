@@ -343,3 +343,17 @@ def test_preference_dynamic_lengths_share_one_graph():
         for e, c in zip(eager, got, strict=True):
             torch.testing.assert_close(c, e, rtol=0, atol=0)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_loss_module_compiles_without_warnings():
+    """A Module's call passes its settings on through a class attribute, which dynamo traces
+    (a functools cache there drew a UserWarning from every compiled call)."""
+    import warnings
+
+    h, w, y, gen = _pairs()
+    loss = losskit.LinearDPOLoss(beta=0.2)
+    ref = -torch.rand(4, generator=gen) * 10
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.compile(loss, fullgraph=True)(h, w, y, reference_logps=ref).backward()
+    assert not [str(c.message) for c in caught if "lru_cache" in str(c.message)]

@@ -3,7 +3,6 @@ which ``forward`` passes the Module's settings on to its function."""
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 from torch import Tensor, nn
@@ -21,7 +20,6 @@ Normalizer = float | Tensor | None
 _LEGACY = ("size_average", "reduce")
 
 
-@functools.cache
 def _passed_on(cls: type) -> tuple[str, ...]:
     """The constructor arguments of ``cls`` (or of a base class) that ``cls.function`` takes."""
     losses = cls.__mro__[: cls.__mro__.index(nn.Module)]
@@ -41,7 +39,10 @@ def settings(module: nn.Module) -> dict:
     """The Module's settings as keyword arguments of its ``function``, read at call time (so a
     changed ``module.reduction`` counts): each constructor argument that the function also takes,
     as the Module holds it now (an attribute, or the ``weight`` buffer)."""
-    return {name: getattr(module, name) for name in _passed_on(type(module))}
+    names = vars(type(module)).get("_passed")
+    if names is None:  # a Module class not made through _Loss
+        names = _passed_on(type(module))
+    return {name: getattr(module, name) for name in names}
 
 
 class _Loss(nn.Module):
@@ -59,6 +60,13 @@ class _Loss(nn.Module):
 
     #: the settings ``repr`` shows, in order
     shown: tuple[str, ...] = ("reduction",)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        # the settings passed on, found once per class here rather than by a functools cache:
+        # torch.compile traces a class attribute but warns on every call through a cache
+        super().__init_subclass__(**kwargs)
+        if hasattr(cls, "function"):
+            cls._passed = _passed_on(cls)
 
     def __init__(self, size_average=None, reduce=None, reduction: str = "mean") -> None:
         super().__init__()

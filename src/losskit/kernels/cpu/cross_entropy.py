@@ -379,7 +379,7 @@ def cross_entropy_forward(
     want_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """:func:`cross_entropy` without autograd, for ``losskit.ops``: ``(loss, z term, gradient
-    for grad_output = 1 or None)``, the logits left as they are (``kernels/CONTRACT.md`` §5)."""
+    for grad_output = 1 or None)``, the logits left as they are (``kernels/CONTRACT.md`` §6)."""
     opts = CrossEntropyOptions(
         reduction, ignore_index, float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap),

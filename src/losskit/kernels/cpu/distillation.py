@@ -136,7 +136,7 @@ def distillation_forward(
     want: tuple[bool, bool],
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """:func:`distillation` without autograd, for ``losskit.ops``: the loss and the wanted
-    gradients of ``(student, teacher)`` for grad_output = 1 (``kernels/CONTRACT.md`` §5)."""
+    gradients of ``(student, teacher)`` for grad_output = 1 (``kernels/CONTRACT.md`` §6)."""
     return divergence.distillation_forward(
         student, teacher, target, opts=opts, mask=mask, normalizer=normalizer, want=want,
         blocks=blocks_, empty=_empty,

@@ -526,7 +526,7 @@ def cross_entropy_forward(
     want_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """:func:`cross_entropy` without autograd, for ``losskit.ops``: ``(loss, z term, gradient
-    for grad_output = 1 or None)``, the logits left as they are (``kernels/CONTRACT.md`` §5)."""
+    for grad_output = 1 or None)``, the logits left as they are (``kernels/CONTRACT.md`` §6)."""
     options = CrossEntropyOptions(
         reduction=reduction, ignore_index=int(ignore_index),
         label_smoothing=float(label_smoothing), z_loss=float(z_loss),
