@@ -310,8 +310,11 @@ FSDP_WORLDS = (2,)
 #: ``root_divide_1``: the same with ``set_gradient_divide_factor(1.0)`` and no factor;
 #: ``head_unit``: the head is a fully_shard unit of its own, the loss in the head's forward;
 #: ``head_unit_outside``: that head, but the loss in the model's forward (``head.weight`` is then
-#: a ``Shard(0)`` DTensor: linear_cross_entropy must raise, naming the fix).
-FSDP_VARIANTS = ("root", "root_divide_1", "head_unit", "head_unit_outside")
+#: a ``Shard(0)`` DTensor: linear_cross_entropy must raise, naming the fix);
+#: ``head_unit_compiled``: ``head_unit`` in float32, the head compiled with ``fullgraph=True``
+#: before ``fully_shard`` (as torchtitan compiles its blocks), the loss through the fused op
+#: (``losskit::linear_cross_entropy``).
+FSDP_VARIANTS = ("root", "root_divide_1", "head_unit", "head_unit_outside", "head_unit_compiled")
 
 
 def build_fsdp(world: int) -> dict:
@@ -337,10 +340,14 @@ def build_fsdp(world: int) -> dict:
 class LossHead(torch.nn.Linear):
     """A head whose forward is the loss, so that FSDP2 all-gathers its weight for it."""
 
+    impl = "auto"
+
     def forward(self, hidden, target, normalizer=None):
         import losskit.functional as LF
 
-        return LF.linear_cross_entropy(hidden, self.weight, target, normalizer=normalizer)
+        return LF.linear_cross_entropy(
+            hidden, self.weight, target, normalizer=normalizer, impl=self.impl
+        )
 
 
 class TinyLM(torch.nn.Module):
@@ -389,6 +396,25 @@ def run_ce(rank: int, world: int) -> dict:
         loss, z = res if with_z else (res, None)
         (loss * data["upstream"]).sum().backward()
         out[name] = dict(loss=loss.detach(), z=z, grad=shard.grad, start=start, size=size)
+    return out
+
+
+def run_compiled(rank: int, world: int) -> dict:
+    """The vocab-parallel cross-entropy under ``torch.compile`` (a graph break at the cross-rank
+    check, whose exchange is read on the host) and eagerly, on one case."""
+    from losskit.distributed import vocab_parallel_cross_entropy
+
+    data = build_ce("everything")
+    start, size = split(CE_CASES["everything"]["V"], world)[rank]
+    kwargs, with_z = _call_kwargs(data["kwargs"])
+    out = {}
+    for name, fn in (("eager", vocab_parallel_cross_entropy),
+                     ("compiled", torch.compile(vocab_parallel_cross_entropy))):  # fmt: skip
+        shard = data["logits"][..., start : start + size].clone().requires_grad_(True)
+        res = fn(shard, data["target"], **kwargs)
+        loss = res[0] if with_z else res
+        (loss * data["upstream"]).sum().backward()
+        out[name] = dict(loss=loss.detach(), grad=shard.grad)
     return out
 
 
@@ -704,7 +730,12 @@ def run_fsdp(rank: int, world: int) -> dict:
     count = global_count(y)
     out: dict = {}
     for variant in FSDP_VARIANTS:
-        model = TinyLM(data["params"], loss_in_head=variant == "head_unit")
+        model = TinyLM(data["params"], loss_in_head=variant in ("head_unit", "head_unit_compiled"))
+        if variant == "head_unit_compiled":  # compiled, then sharded: as torchtitan's blocks
+            model.float()
+            model.head.impl = "fused"
+            torch._dynamo.reset()
+            model.head = torch.compile(model.head, fullgraph=True)
         if variant.startswith("head_unit"):
             fully_shard(model.head, mesh=mesh)
         fully_shard(model, mesh=mesh)
@@ -721,12 +752,12 @@ def run_fsdp(rank: int, world: int) -> dict:
         (loss if variant == "root_divide_1" else loss * world).backward()
         logged = loss.detach().clone()
         dist.all_reduce(logged)  # the global mean, for logging
-        grads = {k: p.grad.full_tensor() for k, p in model.named_parameters()}
+        params = {k.replace("_orig_mod.", ""): p for k, p in model.named_parameters()}
         out[variant] = dict(
             count=count,
-            loss=logged,
-            grads=grads,
-            grad_types={k: type(p.grad).__name__ for k, p in model.named_parameters()},
+            loss=logged.to(F64),
+            grads={k: p.grad.full_tensor().to(F64) for k, p in params.items()},
+            grad_types={k: type(p.grad).__name__ for k, p in params.items()},
         )
     # what head.weight is, outside the forward: after the root's forward (not resharded) and
     # after the backward (resharded)
@@ -771,6 +802,7 @@ def main() -> int:
             suites.append(("ddp", run_ddp))
         if world in FSDP_WORLDS:
             suites.append(("fsdp", run_fsdp))
+            suites.append(("compiled", run_compiled))
         for suite, fn in suites:
             if suite == "dtensor":
                 results["dtensor_imported"]["after_plain_calls"] = _DTENSOR in sys.modules
