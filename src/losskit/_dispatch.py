@@ -67,6 +67,11 @@ def select(
     (``impl='fused'``) turns a refusal into a :class:`~losskit.LossValueError`.
     """
     kernels = None
+    if not reason and transformed():
+        reason = (
+            "a torch.func transform (vmap, grad, jacrev, ...) is running the call, and the "
+            "fused kernels have no functorch rule: the reference (plain torch ops) runs under one"
+        )
     if not reason:
         kernels, reason = kernels_for(input.device)
     if reason:
@@ -80,6 +85,16 @@ def tracing() -> bool:
     """Whether ``torch.compile`` or ``torch.export`` is tracing the call: the fused paths then
     go through their custom ops (:mod:`losskit.ops`) instead of their ``autograd.Function``."""
     return torch.compiler.is_compiling()
+
+
+def transformed() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ...) runs the call
+    (eagerly: under ``torch.compile`` the ops take it). The fused paths' ``autograd.Function``
+    has no functorch rule, so ``impl='auto'`` takes the reference there, which every transform
+    supports (the same numbers as ``impl='reference'``), and ``impl='fused'`` raises."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def eager(fn):

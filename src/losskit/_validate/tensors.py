@@ -196,6 +196,17 @@ def check_class_weight(weight: Tensor | None, num_classes: int, input: Tensor) -
     require_same_device("weight", weight, "input", input)
 
 
+def _batched(t: Tensor) -> bool:
+    """A tensor that ``torch.func.vmap`` maps over (at any level of functorch's wrappers: under
+    ``vmap(grad(f))`` a grad wrapper holds the batched tensor): its values cannot be read."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t):
+            return True
+        t = functorch.get_unwrapped(t)
+    return False
+
+
 def check_class_indices(
     target: Tensor,
     num_classes: int,
@@ -209,9 +220,10 @@ def check_class_indices(
     ``classes_of`` names the tensor whose dim ``class_dim`` holds the classes (in the message).
     While ``torch.compile`` or ``torch.export`` traces, a value is not known: the fused ops
     (:mod:`losskit.ops`) run this check in their bodies at run time instead, and the reference
-    path's ``gather`` raises on an index out of range.
+    path's ``gather`` raises on an index out of range (as it does for a target that
+    ``torch.func.vmap`` maps over, whose values cannot be read here).
     """
-    if target.numel() == 0 or torch.compiler.is_compiling():
+    if target.numel() == 0 or torch.compiler.is_compiling() or _batched(target):
         return
     low, high = value_range(target)
     if low >= 0 and high < num_classes:
