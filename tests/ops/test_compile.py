@@ -318,13 +318,14 @@ def test_preference_losses(case, reduction):
 @pytest.mark.parametrize("case", ["kto", "grpo"])
 def test_preference_metrics_compile(case):
     """TRL's metrics in the compiled graph (KTO's means over its desirable examples are masked
-    sums, not boolean indexing), equal to eager's."""
+    sums, not boolean indexing), equal to eager's to float32 rounding: inductor computes them
+    (its reductions round their own way; at ATEN_CPU_CAPABILITY=default ATen's differ)."""
     fn, tensors = _preference_call(case, "mean")
     eager = fn(*tensors, return_metrics=True)[1]
     got = torch.compile(fn, fullgraph=True)(*tensors, return_metrics=True)[1]
     assert got.keys() == eager.keys()
     for k in eager:
-        torch.testing.assert_close(got[k], eager[k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(got[k], eager[k], rtol=1e-5, atol=1e-5, msg=k)
 
 
 def test_preference_dynamic_lengths_share_one_graph():
