@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .._reduction import count_positions
 from .._validate.distillation import DistillationOptions
-from .recompute import Recompute
+from .recompute import Recompute, hand_over, second_order
 
 __all__ = [
     "DistillationFunction",
@@ -224,6 +224,11 @@ def distillation_forward(
     return rows.reduce(loss_rows, student.dtype), gs, gt
 
 
+def _scale_rows(g: Tensor, grad_rows: Tensor) -> None:
+    """``'none'``: each row's gradient times its own grad_output."""
+    g.mul_(grad_rows.reshape(-1, 1).to(g.dtype))
+
+
 class DistillationFunction(torch.autograd.Function):
     """Autograd node of the fused logits-level distillation: the gradients are computed in the
     forward (unscaled per row for ``'none'``) and scaled by ``grad_output`` in the backward."""
@@ -247,34 +252,15 @@ class DistillationFunction(torch.autograd.Function):
             blocks=blocks, empty=empty,
         )  # fmt: skip
         ctx.grads = [gs, gt]
-        ctx.scale = scale
-        ctx.deferred = opts.reduction == "none"
+        ctx.scale = _scale_rows if opts.reduction == "none" else scale
         ctx.recompute = recompute or Recompute("distillation")
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        tail = (None,) * 6
         if torch.is_grad_enabled():  # create_graph=True: differentiable gradients
-            ctx.grads = None
-            return ctx.recompute.gradients(grad_loss, ctx.needs_input_grad)
-        grads = ctx.grads
-        if grads is None:
-            raise RuntimeError(
-                "losskit's fused distillation loss computes its gradients in the forward and "
-                "hands them to the first backward; for a second backward through the same graph "
-                "compute the loss again, or pass impl='reference'"
-            )
-        ctx.grads = None
-        ctx.recompute.release()
-        for g in grads:
-            if g is None or not g.numel():
-                continue
-            if ctx.deferred:
-                g.mul_(grad_loss.reshape(-1, 1).to(g.dtype))
-            else:
-                ctx.scale(g, grad_loss)
-        return (*grads, *tail)
+            return second_order(ctx, grad_loss)
+        return hand_over(ctx, grad_loss, ctx.scale, loss="distillation loss")
 
 
 def run_distillation(

@@ -10,7 +10,10 @@ silently wrong second derivative.
 Instead, the backward of every fused ``autograd.Function`` starts with::
 
     if torch.is_grad_enabled():          # the engine runs backward in grad mode iff create_graph
-        return ctx.recompute.gradients(grad_output, ctx.needs_input_grad)
+        return second_order(ctx, grad_output)
+
+and, where its forward computed the gradients, ends with :func:`hand_over`: the one rule by
+which those gradients are scaled by ``grad_output`` and given to autograd once.
 
 :class:`Recompute` holds the public entry's inputs (strongly when small, see
 :data:`KEEP_BYTES`, else by weak reference) and a ``build`` function that rebuilds, from them and
@@ -31,7 +34,7 @@ from torch import Tensor
 
 from .._validate import LossValueError, shape_str
 
-__all__ = ["KEEP_BYTES", "Recompute"]
+__all__ = ["KEEP_BYTES", "Recompute", "hand_over", "second_order"]
 
 #: Inputs up to this size are kept alive for a possible second-order backward (what small models,
 #: the ones that differentiate twice, pass); larger ones are held by weak reference only, so a
@@ -143,3 +146,48 @@ class Recompute:
         self._held = {}
         self.build = None
         self.unavailable = "the graph was already differentiated once"
+
+
+def second_order(ctx, grad_output: Tensor, *, keep: bool = False) -> tuple[Tensor | None, ...]:
+    """The backward under ``create_graph=True``: ``ctx.recompute``'s differentiable gradients,
+    the forward's own (``ctx.grads``) dropped unless ``keep`` (a retained graph's later
+    backward may still want them)."""
+    if not keep:
+        ctx.grads = None
+    return ctx.recompute.gradients(grad_output, ctx.needs_input_grad)
+
+
+def hand_over(
+    ctx,
+    grad_output: Tensor,
+    scale: Callable[[Tensor, Tensor], None],
+    *,
+    loss: str,
+    again: str = "the loss computed again, or impl='reference'",
+    keep: bool = False,
+) -> tuple[Tensor | None, ...]:
+    """The backward of a fused ``autograd.Function`` whose forward computed the gradients for
+    ``grad_output = 1`` (``ctx.grads``, in the order of its inputs): each scaled in place by
+    ``scale(t, grad_output)`` and given to autograd, which takes the buffer as ``.grad`` without
+    a copy; one entry per input of the Function (None past the gradients).
+
+    They are handed over once: ``ctx.grads`` and the recompute rule's inputs are dropped, and a
+    second backward through the same graph raises, saying it needs ``again``; with ``keep``
+    (``allow_retain_graph``) scaled copies go out and the originals stay for the next one.
+    """
+    grads = ctx.grads
+    if grads is None:
+        raise RuntimeError(
+            f"losskit's fused {loss} computes its gradients once, in the forward, and hands them "
+            f"to the first backward; a second backward through the same graph "
+            f"(retain_graph=True) needs {again}"
+        )
+    if keep:
+        grads = [None if t is None else t.clone() for t in grads]
+    else:
+        ctx.grads = None
+        ctx.recompute.release()
+    for t in grads:
+        if t is not None and t.numel():
+            scale(t, grad_output)
+    return (*grads, *(None,) * (len(ctx.needs_input_grad) - len(grads)))

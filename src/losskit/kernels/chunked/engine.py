@@ -3,6 +3,7 @@ docstring for the algorithm)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor
 from ..._reduction import Rows, count_rows
 from ..._validate import CrossEntropyOptions
 from ..cpu.memory import empty_rows, own_mapping
-from ..recompute import Recompute
+from ..recompute import Recompute, hand_over, second_order
 from .epilogue import Chunk, Epilogue
 from .plan import LOGITS_PANEL, ChunkPlan
 
@@ -354,39 +355,25 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, *unused: Tensor):  # type: ignore[override]
-        tail = (None,) * 10
         if torch.is_grad_enabled():  # create_graph=True: differentiable gradients
-            if not ctx.retain:
-                ctx.grads = None
-            return ctx.recompute.gradients(grad_loss, ctx.needs_input_grad)
+            return second_order(ctx, grad_loss, keep=ctx.retain)
         if ctx.deferred:
             x, w, bias = ctx.saved_tensors
             dx, dw, db = backward_rows(
                 x, w, bias, ctx.target, ctx.weight, ctx.mask, ctx.normalizer, ctx.opts,
                 ctx.plan, ctx.epi, ctx.want, grad_loss,
             )  # fmt: skip
-            return (dx, dw, db, *tail)
-        grads = ctx.grads
-        if grads is None:
-            raise RuntimeError(
-                "losskit's fused linear_cross_entropy computes its gradients once, in the "
-                "forward, and hands them to the first backward; a second backward through the "
-                "same graph (retain_graph=True) needs options=torch.nn.LinearCrossEntropyOptions("
-                "allow_retain_graph=True) (one more copy of the gradients); or recompute the "
-                "loss, or use impl='reference'"
-            )
-        if ctx.retain:  # allow_retain_graph: scale copies, keep the originals for the next one
-            grads = [None if t is None else t.clone() for t in grads]
-        else:
-            ctx.grads = None
-            ctx.recompute.release()
-        for t in grads:
-            if t is not None and t.numel():
-                _epi_scale(ctx.epi, t, grad_loss)
-        return (*grads, *tail)
+            return (dx, dw, db, *(None,) * 10)
+        return hand_over(
+            ctx, grad_loss, functools.partial(scale_gradient, ctx.epi), loss="linear_cross_entropy",
+            again="options=torch.nn.LinearCrossEntropyOptions(allow_retain_graph=True) (one more "
+            "copy of the gradients); or the loss computed again, or impl='reference'",
+            keep=ctx.retain,
+        )  # fmt: skip
 
 
-def _epi_scale(epi: Epilogue, t: Tensor, grad_output: Tensor) -> None:
+def scale_gradient(epi: Epilogue, t: Tensor, grad_output: Tensor) -> None:
+    """A gradient (a matrix, or a bias vector) times grad_output, by the epilogue's rule."""
     epi.scale_(t if t.dim() == 2 else t.unsqueeze(0), grad_output)
 
 

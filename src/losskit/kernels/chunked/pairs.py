@@ -20,6 +20,7 @@ A teacher without gradient costs one GEMM per chunk (its logits).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from ..._reduction import Rows, count_positions
 from ..._validate.distillation import DistillationOptions
-from ..recompute import Recompute
+from ..recompute import Recompute, hand_over, second_order
 from . import engine  # a module: the CPU backend imports this file while engine is loading
 from .epilogue import Chunk, PairEpilogue
 from .plan import ChunkPlan
@@ -175,31 +176,17 @@ class LinearDistillationFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        tail = (None,) * 6
         if torch.is_grad_enabled():  # create_graph=True: differentiable gradients
-            ctx.grads = None
-            return ctx.recompute.gradients(grad_loss, ctx.needs_input_grad)
+            return second_order(ctx, grad_loss)
         if ctx.deferred:
             target, mask, rows, plan, want = ctx.rest
             _, grads = run_pairs(
                 tuple(ctx.saved_tensors), target, mask, rows, plan, ctx.epi, want,
                 row_scale=grad_loss.to(_F32).reshape(-1),
             )  # fmt: skip
-            return (*grads, *tail)
-        grads = ctx.grads
-        if grads is None:
-            raise RuntimeError(
-                "losskit's fused linear_distillation_loss computes its gradients once, in the "
-                "forward, and hands them to the first backward; a second backward through the "
-                "same graph (retain_graph=True) needs the loss computed again, or "
-                "impl='reference'"
-            )
-        ctx.grads = None
-        ctx.recompute.release()
-        for t in grads:
-            if t is not None and t.numel():
-                ctx.epi.scale_(t if t.dim() == 2 else t.unsqueeze(0), grad_loss)
-        return (*grads, *tail)
+            return (*grads, *(None,) * 6)
+        scale = functools.partial(engine.scale_gradient, ctx.epi)
+        return hand_over(ctx, grad_loss, scale, loss="linear_distillation_loss")
 
 
 def linear_distillation(

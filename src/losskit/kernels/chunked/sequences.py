@@ -34,13 +34,14 @@ formula to them once, on the whole batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..recompute import Recompute
+from ..recompute import Recompute, hand_over, second_order
 from . import engine
 from .epilogue import Chunk, Epilogue
 from .plan import ChunkPlan
@@ -270,10 +271,8 @@ class LinearSequenceFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, _grad_logp: Tensor):  # type: ignore[override]
-        tail = (None,) * 9
         if torch.is_grad_enabled():  # create_graph=True: differentiable gradients
-            ctx.grads = None
-            return ctx.recompute.gradients(grad_loss, ctx.needs_input_grad)
+            return second_order(ctx, grad_loss)
         if ctx.deferred:
             target, counted, seq, plan, objective, want = ctx.rest
             x, w, bias = ctx.saved_tensors
@@ -281,20 +280,9 @@ class LinearSequenceFunction(torch.autograd.Function):
                 x, w, bias, target, counted, seq, plan, ctx.epi, objective,
                 grad_loss.to(_F32).reshape(-1), want,
             )  # fmt: skip
-            return (*grads, *tail)
-        grads = ctx.grads
-        if grads is None:
-            raise RuntimeError(
-                "losskit's fused preference losses compute their gradients once, in the forward, "
-                "and hand them to the first backward; a second backward through the same graph "
-                "(retain_graph=True) needs the loss computed again, or impl='reference'"
-            )
-        ctx.grads = None
-        ctx.recompute.release()
-        for t in grads:
-            if t is not None and t.numel():
-                ctx.epi.scale_(t if t.dim() == 2 else t.unsqueeze(0), grad_loss)
-        return (*grads, *tail)
+            return (*grads, *(None,) * 9)
+        scale = functools.partial(engine.scale_gradient, ctx.epi)
+        return hand_over(ctx, grad_loss, scale, loss="preference losses")
 
 
 def make_epilogue(epilogue: Epilogue | type[Epilogue], v: int) -> Epilogue:

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from ..._reduction import count_rows
 from ..._validate import CrossEntropyOptions
-from ..recompute import Recompute
+from ..recompute import Recompute, hand_over, second_order
 from ..rows import Smoothing, gradient_, gradient_coefficients, row_loss
 from .memory import empty_rows
 from .threads import Claim, share_blocks
@@ -252,7 +252,7 @@ class CrossEntropyFunction(torch.autograd.Function):
     ) -> Tensor | tuple[Tensor, Tensor]:
         loss, zterm, grad = _forward(logits, call)
         # In the in-place case a new alias, so that autograd may adopt it as the leaf's .grad.
-        ctx.grad = grad.detach() if call.inplace else grad
+        ctx.grads = [grad.detach() if call.inplace else grad]
         ctx.recompute = recompute or Recompute("cross_entropy")  # no rule: create_graph raises
         if zterm is not None:
             ctx.mark_non_differentiable(zterm)
@@ -262,25 +262,19 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: Tensor, *unused: Tensor):  # type: ignore[override]
         if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
-            ctx.grad = None
-            return ctx.recompute.gradients(grad_loss, ctx.needs_input_grad)
-        grad = ctx.grad
-        if grad is None:
-            raise RuntimeError(
-                "losskit's fused CPU cross_entropy hands its gradient buffer to autograd, so it "
-                "can run backward only once; use impl='reference' to backpropagate twice through "
-                "the same graph (retain_graph=True)"
-            )
-        ctx.grad = None  # our reference would make autograd copy the buffer into .grad
-        ctx.recompute.release()
-        if grad_loss.dim() == 0 or grad_loss.numel() <= 1 or grad_loss.stride(0) == 0:
-            # One value for every row: a reduced loss, or loss.sum() of the 'none' vector.
-            scale = grad_loss.reshape(-1)[0].item() if grad_loss.numel() else 1.0
-            if scale != 1.0:
-                grad.mul_(scale)
-        else:
-            grad.mul_(grad_loss.unsqueeze(1))
-        return grad, None, None
+            return second_order(ctx, grad_loss)
+        return hand_over(ctx, grad_loss, _scale, loss="CPU cross_entropy")
+
+
+def _scale(grad: Tensor, grad_loss: Tensor) -> None:
+    """The gradient times grad_output: one factor for every row (a reduced loss, or
+    ``loss.sum()`` of the ``'none'`` vector: 1 skips the pass), or each row's own."""
+    if grad_loss.dim() == 0 or grad_loss.numel() <= 1 or grad_loss.stride(0) == 0:
+        scale = grad_loss.reshape(-1)[0].item() if grad_loss.numel() else 1.0
+        if scale != 1.0:
+            grad.mul_(scale)
+    else:
+        grad.mul_(grad_loss.unsqueeze(1))
 
 
 def cross_entropy(

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from ..._reduction import count_rows
 from ..._validate import CrossEntropyOptions
-from ..recompute import Recompute
+from ..recompute import Recompute, hand_over, second_order
 from .common import (
     INTERPRETED,
     check_device,
@@ -403,7 +403,7 @@ class CrossEntropyFunction(torch.autograd.Function):
             # The gradient now lives in the logits' storage: make any other node that saved
             # these logits fail loudly at its backward instead of reading gradient values.
             increment_version(logits)
-        ctx.grad = grad
+        ctx.grads = [grad]
         ctx.recompute = recompute or Recompute("cross_entropy")  # no rule: create_graph raises
         ctx.rowwise = call.loss.reduction == "none"
         if call.return_z_loss:
@@ -414,20 +414,11 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *unused):  # type: ignore[override]
         if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
-            ctx.grad = None
-            return ctx.recompute.gradients(grad_loss, ctx.needs_input_grad)
-        grad = ctx.grad
-        if grad is None:
-            raise RuntimeError(
-                "the fused Triton cross-entropy computes its gradient once, in the forward, and "
-                "hands it to the first backward; a second backward through the same graph "
-                "(retain_graph=True) is not supported: recompute the loss, or use the reference "
-                "path (impl='reference')"
-            )
-        ctx.grad = None  # hand the buffer over; frees it as soon as autograd is done with it
-        ctx.recompute.release()
-        scale_grad(grad, grad_loss, ctx.rowwise)
-        return grad, None, None, None, None, None, None
+            return second_order(ctx, grad_loss)
+        rowwise = ctx.rowwise
+        return hand_over(
+            ctx, grad_loss, lambda g, go: scale_grad(g, go, rowwise), loss="Triton cross_entropy"
+        )
 
 
 def cross_entropy(
