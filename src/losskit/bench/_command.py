@@ -13,7 +13,10 @@ a :class:`Spec` (its implementations and defaults); this module gives it:
   :func:`measure_each` (the memory figure of each one that ran);
 - :func:`write_outputs`: the CSV and chart under ``--out``;
 - :class:`Goal` and :func:`goals_status`: the goals a run prints and the exit status they give
-  under ``--check`` (:func:`add_check_option`), the one rule of every ``losskit bench`` command.
+  under ``--check`` (:func:`add_check_option`), the one rule of every ``losskit bench`` command;
+- :func:`run_head_groups`: the whole run of a fused head's bench (``lce``, ``distill``,
+  ``dpo``): time every implementation on each input against the GEMM floor, measure its memory
+  beyond the returned gradients, print the table and the goals, write the files.
 
 Timing, memory, the table and the files themselves are in :mod:`losskit.bench._common`.
 """
@@ -21,6 +24,7 @@ Timing, memory, the table and the files themselves are in :mod:`losskit.bench._c
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import sys
 from collections.abc import Callable, Collection, Sequence
@@ -395,3 +399,67 @@ def gemm_floor(name: str, x: Tensor, w: Tensor) -> C.Case:
             torch.mm(z.t(), x, out=dw)
 
     return C.Case(name, gemms, None, "logits, dX, dW into preallocated outputs: the floor")
+
+
+def grad_bytes(x: Tensor, w: Tensor) -> int:
+    """The size of the gradients a head's step returns: ``dX`` and ``dW``."""
+    return (x.numel() + w.numel()) * x.element_size()
+
+
+def run_head_groups(
+    spec: Spec,
+    cfg: Settings,
+    args: argparse.Namespace,
+    groups: Sequence[tuple[str, dict]],
+    load: Callable[[dict], tuple[int, Callable[[str], C.Case]]],
+    *,
+    module: str,
+    floor: str,
+    baseline: str,
+    steps: int,
+    grads: str,
+    catch: bool,
+    goals: Callable[[list[dict[str, object]], str], list[Goal]],
+    none_because: str,
+    row_extra: dict | None = None,
+) -> int:
+    """The run of a fused head's bench; returns its exit status (:func:`goals_status`).
+
+    ``groups``: each input's row label and the parameters ``module.make_case`` rebuilds it from
+    (in a fresh process, for the memory figure); ``load(params) -> (grad_bytes, build)``: the
+    input's returned gradients' size and the builder of each implementation on it, made one
+    input at a time (the previous one freed first). ``floor`` names the GEMM floor every ratio
+    refers to (its outputs preallocated: no memory figure); ``catch`` keeps a call's error in
+    its row instead of stopping the run; ``row_extra`` goes into every CSV row.
+    """
+    results: list[C.Result] = []
+    floors: dict[str, float] = {}
+    grad_bytes: dict[str, int] = {}
+    warm_mib: dict[tuple[str, str], float] = {}
+    with cfg.progress(spec) as progress:
+        for group, params in groups:
+            grad_bytes[group], build = load(params)
+            cases, by_name = time_group(
+                spec, cfg, group, build, progress, catch=catch, error_width=120
+            )
+            results += by_name.values()
+            floor_ms = by_name[floor].median_ms
+            if floor_ms:
+                floors[group] = floor_ms / 1e3
+            measure = functools.partial(
+                measure_beyond_grads, module=module, steps=steps, params=params, cfg=cfg,
+                grad_bytes=grad_bytes[group], warm_mib=warm_mib,
+            )  # fmt: skip
+            measure_each(spec, cfg, cases, by_name, progress, measure, skip=(floor,))
+            del cases, build
+    rows = C.report(results, floors, baseline)
+    for row in rows:
+        row["warm_mib"] = warm_mib.get((str(row["group"]), str(row["impl"])))
+        row.update(row_extra or {})
+    C.print_table(rows, baseline=baseline, floor_label="GEMMs", memory_label="MiB beyond grads")
+    print("\n" + beyond_grads_line(cfg.device, cfg.memory, grad_bytes, steps=steps, grads=grads))
+    status = goals_status(
+        spec.name, goals(rows, cfg.device.type), check=args.check, none_because=none_because
+    )
+    write_outputs(rows, args.out, spec, cfg, floors)
+    return status

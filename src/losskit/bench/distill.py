@@ -334,58 +334,23 @@ def run(args: argparse.Namespace) -> int:
     for n, d, v in cfg.shapes:
         print(f"N={n} D={d} V={v}: " + _plans_line(n, d, v, cfg.dtype, cfg.device))
 
-    results: list[C.Result] = []
-    floors: dict[str, float] = {}
-    grad_bytes: dict[str, int] = {}
-    warm_mib: dict[tuple[str, str], float] = {}
     options = {"divergence": args.divergence, "beta": args.beta}
-    with cfg.progress(SPEC) as progress:
-        for n, d, v in cfg.shapes:
-            params = dict(n=n, d=d, v=v, dtype=cfg.dtype_name, device=args.device, seed=0)
-            params.update(options)
-            group = f"N={n} D={d} V={v} {cfg.dtype_name} {cfg.device.type}"
-            xs, ws, xt, wt = inputs(params)
-            grad_bytes[group] = (xs.numel() + ws.numel()) * xs.element_size()
-            make = functools.partial(build, xs0=xs, ws0=ws, xt=xt, wt=wt, **options)
-            # a peer (or torch.compile) that fails to build or to run is reported in its row
-            cases, by_name = cmd.time_group(
-                SPEC, cfg, group, make, progress, catch=True, error_width=120
-            )
-            results += by_name.values()
-            floor_ms = by_name[FLOOR].median_ms
-            if floor_ms:
-                floors[group] = floor_ms / 1e3
-            measure = functools.partial(
-                cmd.measure_beyond_grads,
-                module=__name__,
-                steps=MEMORY_STEPS,
-                params=params,
-                cfg=cfg,
-                grad_bytes=grad_bytes[group],
-                warm_mib=warm_mib,
-            )
-            # the floor's outputs are preallocated: no figure
-            cmd.measure_each(SPEC, cfg, cases, by_name, progress, measure, skip=(FLOOR,))
-            del cases, xs, ws, xt, wt, make
 
-    rows = C.report(results, floors, BASELINE)
-    for row in rows:
-        row["warm_mib"] = warm_mib.get((str(row["group"]), str(row["impl"])))
-        row.update(options)
-    C.print_table(rows, baseline=BASELINE, floor_label="GEMMs", memory_label="MiB beyond grads")
-    print(
-        "\n"
-        + cmd.beyond_grads_line(
-            cfg.device, cfg.memory, grad_bytes, steps=MEMORY_STEPS, grads="dXs and dWs"
-        )
-    )
-    status = cmd.goals_status(
-        SPEC.name,
-        goals(rows, cfg.device.type),
-        check=args.check,
+    def load(params: dict) -> tuple[int, Callable[[str], C.Case]]:
+        xs, ws, xt, wt = inputs(params)
+        make = functools.partial(build, xs0=xs, ws0=ws, xt=xt, wt=wt, **options)
+        return cmd.grad_bytes(xs, ws), make
+
+    groups = [
+        (f"N={n} D={d} V={v} {cfg.dtype_name} {cfg.device.type}",
+         dict(n=n, d=d, v=v, dtype=cfg.dtype_name, device=args.device, seed=0, **options))
+        for n, d, v in cfg.shapes
+    ]  # fmt: skip
+    # a peer (or torch.compile) that fails to build or to run is reported in its row
+    return cmd.run_head_groups(
+        SPEC, cfg, args, groups, load, module=__name__, floor=FLOOR, baseline=BASELINE,
+        steps=MEMORY_STEPS, grads="dXs and dWs", catch=True, goals=goals,
         none_because="goals are set for "
-        + ", ".join(f"{IMPLS[k]} on {d}" for d, k in GOALS)
-        + " only",
-    )
-    cmd.write_outputs(rows, args.out, SPEC, cfg, floors)
-    return status
+        + ", ".join(f"{IMPLS[k]} on {d}" for d, k in GOALS) + " only",
+        row_extra=options,
+    )  # fmt: skip

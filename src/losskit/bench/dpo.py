@@ -30,6 +30,7 @@ import argparse
 import functools
 import math
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -242,51 +243,17 @@ def run(args: argparse.Namespace) -> int:
     for p, t, d, v in cfg.shapes:
         print(f"P={p} T={t} D={d} V={v}: " + _plans_line(p, t, d, v, cfg.dtype, cfg.device))
 
-    results: list[C.Result] = []
-    floors: dict[str, float] = {}
-    grad_bytes: dict[str, int] = {}
-    warm_mib: dict[tuple[str, str], float] = {}
-    with cfg.progress(SPEC) as progress:
-        for p, t, d, v in cfg.shapes:
-            params = dict(p=p, t=t, d=d, v=v, dtype=cfg.dtype_name, device=args.device, seed=0)
-            group = f"P={p} T={t} D={d} V={v} {cfg.dtype_name} {cfg.device.type}"
-            x, w, y, ref = inputs(params)
-            grad_bytes[group] = (x.numel() + w.numel()) * x.element_size()
-            make = functools.partial(build, x0=x, w0=w, y=y, ref=ref)
-            cases, by_name = cmd.time_group(
-                SPEC, cfg, group, make, progress, catch=True, error_width=120
-            )
-            results += by_name.values()
-            floor_ms = by_name[FLOOR].median_ms
-            if floor_ms:
-                floors[group] = floor_ms / 1e3
-            measure = functools.partial(
-                cmd.measure_beyond_grads,
-                module=__name__,
-                steps=MEMORY_STEPS,
-                params=params,
-                cfg=cfg,
-                grad_bytes=grad_bytes[group],
-                warm_mib=warm_mib,
-            )
-            cmd.measure_each(SPEC, cfg, cases, by_name, progress, measure, skip=(FLOOR,))
-            del cases, x, w, y, ref, make
+    def load(params: dict) -> tuple[int, Callable[[str], C.Case]]:
+        x, w, y, ref = inputs(params)
+        return cmd.grad_bytes(x, w), functools.partial(build, x0=x, w0=w, y=y, ref=ref)
 
-    rows = C.report(results, floors, BASELINE)
-    for row in rows:
-        row["warm_mib"] = warm_mib.get((str(row["group"]), str(row["impl"])))
-    C.print_table(rows, baseline=BASELINE, floor_label="GEMMs", memory_label="MiB beyond grads")
-    print(
-        "\n"
-        + cmd.beyond_grads_line(
-            cfg.device, cfg.memory, grad_bytes, steps=MEMORY_STEPS, grads="d hidden and dW"
-        )
-    )
-    status = cmd.goals_status(
-        SPEC.name,
-        goals(rows, cfg.device.type),
-        check=args.check,
+    groups = [
+        (f"P={p} T={t} D={d} V={v} {cfg.dtype_name} {cfg.device.type}",
+         dict(p=p, t=t, d=d, v=v, dtype=cfg.dtype_name, device=args.device, seed=0))
+        for p, t, d, v in cfg.shapes
+    ]  # fmt: skip
+    return cmd.run_head_groups(
+        SPEC, cfg, args, groups, load, module=__name__, floor=FLOOR, baseline=BASELINE,
+        steps=MEMORY_STEPS, grads="d hidden and dW", catch=True, goals=goals,
         none_because="goals are set for losskit default only",
-    )
-    cmd.write_outputs(rows, args.out, SPEC, cfg, floors)
-    return status
+    )  # fmt: skip
