@@ -358,3 +358,16 @@ def test_a_loss_module_compiles_without_warnings():
         warnings.simplefilter("always")
         torch.compile(loss, fullgraph=True)(h, w, y, reference_logps=ref).backward()
     assert not [str(c.message) for c in caught if "lru_cache" in str(c.message)]
+
+
+def test_token_and_sequence_logprobs():
+    """The building block of the preference losses: linear_cross_entropy's 'none' op, negated."""
+    h, w, y, _ = _pairs()
+
+    def fn(h, w, y):
+        return LF.sequence_logprobs(h, w, y, average=True, chunk_size=7, impl="fused")
+
+    _assert_compiled_equals_eager(fn, [h, w, y])
+    _assert_compiled_equals_eager(
+        lambda h, w, y: LF.token_logprobs(h, w, y, temperature=0.7, impl="fused"), [h, w, y]
+    )
