@@ -515,7 +515,9 @@ def test_empty_batch_and_unbatched_input():
     assert_close_f32([ours[0], ours[1], ours[2]], [ref[0], ref[1][0], ref[2]], "unbatched")
 
 
-def test_torch_compile_falls_back_to_eager_for_the_op():
+def test_torch_compile_with_aot_eager_takes_the_op():
+    """Compiled (AOTAutograd without inductor) the call is losskit's custom op in the graph,
+    the code around it compiled too; tests/ops holds the fullgraph and inductor cases."""
     x, w, y, _ = make_case(24, 8, 50, ignore=True)
 
     def step(h, head, t):
