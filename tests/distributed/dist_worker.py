@@ -627,6 +627,11 @@ def run_dtensor(rank: int, world: int) -> dict:
             grad_placements=repr(x.grad.placements),
             size=x.to_local().shape[-1],
         )
+        # what torch itself makes of a gradient through to_local() on the same DTensor: 2.13
+        # keeps Shard(-1); 2.11 gathers an unevenly sharded leaf's gradient to Replicate()
+        probe = dt(data["logits"], Shard(-1), grad=True, on=on)
+        probe.to_local().sum().backward()
+        rec["to_local_grad_placements"] = repr(probe.grad.placements)
         if spec.get("lp", True):
             x2 = dt(data["logits"], Shard(-1), grad=True, on=on)
             with loss_parallel():
