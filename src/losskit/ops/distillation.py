@@ -20,7 +20,15 @@ from torch import Tensor
 from .._dispatch import kernels_for
 from .._validate import check_class_indices
 from .._validate.distillation import DistillationOptions
-from ._common import EMPTY, absent, empty, loss_shape, nonempty
+from ._common import (
+    EMPTY,
+    absent,
+    empty,
+    fake_grads,
+    loss_shape,
+    nonempty,
+    register_chunked_autograd,
+)  # fmt: skip
 
 __all__ = ["distillation", "linear_distillation"]
 
@@ -176,19 +184,12 @@ def _linear_op(xs, ws, bs, xt, wt, bt, tl, target, mask, normalizer, divergence,
     return loss, *grads
 
 
-def _fake_heads(heads, want):
-    return tuple(
-        t.new_empty(t.shape) if w and t is not None else empty(heads[0])
-        for t, w in zip(heads, want, strict=True)
-    )
-
-
 @_linear_op.register_fake
 def _linear_fake(xs, ws, bs, xt, wt, bt, tl, target, mask, normalizer, divergence, beta,
                  temperature, alpha, soft_scale, reduction, ignore_index, chunk_size,
                  memory_budget, want, validate):  # fmt: skip
     want = want if reduction != "none" else [False] * 7
-    grads = _fake_heads((xs, ws, bs, xt, wt, bt, tl), want)
+    grads = fake_grads((xs, ws, bs, xt, wt, bt, tl), want)
     return (xs.new_empty(loss_shape(xs.shape[0], reduction)), *grads)
 
 
@@ -212,28 +213,10 @@ def _linear_backward_op(xs, ws, bs, xt, wt, bt, tl, target, mask, normalizer, di
 def _linear_backward_fake(xs, ws, bs, xt, wt, bt, tl, target, mask, normalizer, divergence, beta,
                           temperature, alpha, soft_scale, reduction, ignore_index, chunk_size,
                           memory_budget, want, validate, grad_rows):  # fmt: skip
-    return _fake_heads((xs, ws, bs, xt, wt, bt, tl), want)
+    return fake_grads((xs, ws, bs, xt, wt, bt, tl), want)
 
 
-def _linear_setup(ctx, inputs, output) -> None:
-    ctx.rowwise = inputs[15] == "none"
-    ctx.mark_non_differentiable(*output[1:])
-    if ctx.rowwise:
-        ctx.save_for_backward(*inputs[:10])
-        ctx.scalars = inputs[10:]
-    else:
-        ctx.save_for_backward(*output[1:])
-
-
-def _linear_backward(ctx, grad_loss, *unused):
-    if ctx.rowwise:
-        grads = _linear_backward_op(*ctx.saved_tensors, *ctx.scalars, grad_loss.reshape(-1))
-    else:
-        grads = tuple((g * grad_loss).to(g.dtype) for g in ctx.saved_tensors)
-    return (*(absent(g) for g in grads), *EMPTY[:14])
-
-
-_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup)
+register_chunked_autograd(_linear_op, _linear_backward_op, tensors=10, reduction=15, grads_at=1)
 
 
 def linear_distillation(

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .._dispatch import kernels_for
 from .._validate import CrossEntropyOptions, check_class_indices
-from ._common import EMPTY, absent, empty, loss_shape, nonempty
+from ._common import fake_grads, loss_shape, nonempty, register_chunked_autograd
 
 __all__ = ["linear_cross_entropy"]
 
@@ -78,17 +78,8 @@ def _op_fake(x, w, bias, target, weight, mask, normalizer, ignore_index, label_s
              z_loss, softcap, reduction, chunk_size, memory_budget, accumulate, want,
              validate):  # fmt: skip
     shape = loss_shape(x.shape[0], reduction)
-    grads = _fake_grads(x, w, bias, want if reduction != "none" else (False, False, False))
+    grads = fake_grads((x, w, bias), want if reduction != "none" else (False,) * 3)
     return (x.new_empty(shape), x.new_empty(shape), *grads)
-
-
-def _fake_grads(x, w, bias, want):
-    """Fake ``(dX, dW, db)``: the inputs' shapes where wanted, else the empty stand-in."""
-    like = (x, w, bias)
-    return tuple(
-        like[i].new_empty(like[i].shape) if want[i] and like[i] is not None else empty(x)
-        for i in range(3)
-    )
 
 
 @torch.library.custom_op(
@@ -116,28 +107,10 @@ def _backward_op(x, w, bias, target, weight, mask, normalizer, ignore_index, lab
 def _backward_fake(x, w, bias, target, weight, mask, normalizer, ignore_index, label_smoothing,
                    z_loss, softcap, reduction, chunk_size, memory_budget, accumulate, want,
                    validate, grad_rows):  # fmt: skip
-    return _fake_grads(x, w, bias, want)
+    return fake_grads((x, w, bias), want)
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    ctx.rowwise = inputs[11] == "none"
-    ctx.mark_non_differentiable(*output[1:])
-    if ctx.rowwise:
-        ctx.save_for_backward(*inputs[:7])
-        ctx.scalars = inputs[7:]
-    else:
-        ctx.save_for_backward(*output[2:])
-
-
-def _backward(ctx, grad_loss, *unused):
-    if ctx.rowwise:
-        grads = _backward_op(*ctx.saved_tensors, *ctx.scalars, grad_loss.reshape(-1))
-    else:
-        grads = tuple((g * grad_loss).to(g.dtype) for g in ctx.saved_tensors)
-    return (*(absent(g) for g in grads), *EMPTY[:14])
-
-
-_op.register_autograd(_backward, setup_context=_setup_context)
+register_chunked_autograd(_op, _backward_op, tensors=7, reduction=11, grads_at=2)
 
 
 def linear_cross_entropy(

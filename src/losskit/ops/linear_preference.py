@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .._dispatch import kernels_for
 from .._validate import check_class_indices
-from ._common import EMPTY, absent, empty, nonempty
+from ._common import fake_grads, nonempty, register_chunked_autograd
 
 __all__ = ["decode", "encode", "linear_preference"]
 
@@ -135,17 +135,8 @@ def _op_fake(x, w, bias, target, counted, reference, desirable, advantages, old,
              rule, params, reduction, ignore_index, chunk_size, memory_budget, want,
              validate):  # fmt: skip
     shape = (_groups(counted, rule),) if reduction == "none" else ()
-    grads = _fake_grads(x, w, bias, want if reduction != "none" else (False, False, False))
+    grads = fake_grads((x, w, bias), want if reduction != "none" else (False,) * 3)
     return (x.new_empty(shape), x.new_empty(counted.numel(), dtype=_F32), *grads)
-
-
-def _fake_grads(x, w, bias, want):
-    """Fake ``(dX, dW, db)``: the inputs' shapes where wanted, else the empty stand-in."""
-    like = (x, w, bias)
-    return tuple(
-        like[i].new_empty(like[i].shape) if want[i] and like[i] is not None else empty(x)
-        for i in range(3)
-    )
 
 
 @torch.library.custom_op(
@@ -172,31 +163,11 @@ def _backward_op(x, w, bias, target, counted, reference, desirable, advantages, 
 def _backward_fake(x, w, bias, target, counted, reference, desirable, advantages, old,
                    rule_tensor, rule, params, reduction, ignore_index, chunk_size,
                    memory_budget, want, validate, grad_groups):  # fmt: skip
-    return _fake_grads(x, w, bias, want)
+    return fake_grads((x, w, bias), want)
 
 
-_TENSORS = 10  # the op's tensor arguments, x ... rule_tensor
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    ctx.rowwise = inputs[12] == "none"
-    ctx.mark_non_differentiable(*output[1:])
-    if ctx.rowwise:
-        ctx.save_for_backward(*inputs[:_TENSORS])
-        ctx.scalars = inputs[_TENSORS:]
-    else:
-        ctx.save_for_backward(*output[2:])
-
-
-def _backward(ctx, grad_loss, *unused):
-    if ctx.rowwise:
-        grads = _backward_op(*ctx.saved_tensors, *ctx.scalars, grad_loss.reshape(-1))
-    else:
-        grads = tuple((g * grad_loss).to(g.dtype) for g in ctx.saved_tensors)
-    return (*(absent(g) for g in grads), *EMPTY[:15])
-
-
-_op.register_autograd(_backward, setup_context=_setup_context)
+# the op's tensor arguments are x ... rule_tensor; reduction is its 13th argument
+register_chunked_autograd(_op, _backward_op, tensors=10, reduction=12, grads_at=2)
 
 
 def linear_preference(
